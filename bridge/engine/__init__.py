@@ -1,0 +1,3 @@
+"""engine."""
+
+from __future__ import annotations

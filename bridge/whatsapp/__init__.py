@@ -1,0 +1,3 @@
+"""whatsapp."""
+
+from __future__ import annotations
