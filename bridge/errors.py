@@ -5,6 +5,7 @@
   x ConfigError                       all problems listed at once; exit RET_CONFIG
   x PluginError                       plugin + distribution named; exit RET_PLUGIN
   x StoreUnavailable                  the database cannot be reached; exit RET_CONNECT
+  x ListenerUnavailable               a port cannot be bound (in use, no permission); exit RET_CONNECT
   x MappingError                      permanent: unmappable event -> dead-letter, never retried
   x ConnectorError
     + EHRUnavailable                  transient
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectorError",
     "EHRRejected",
     "EHRUnavailable",
+    "ListenerUnavailable",
     "MappingError",
     "MessageRejected",
     "NotFound",
@@ -94,6 +96,14 @@ class StoreUnavailable(BridgeError):
     def __init__(self, url_redacted: str, reason: str) -> None:
         self.url_redacted = url_redacted
         super().__init__(f"database {url_redacted} unavailable: {reason}")
+
+
+class ListenerUnavailable(BridgeError):
+    """A listener could not bind its address (port in use, no permission)."""
+
+    def __init__(self, what: str, address: str, reason: str) -> None:
+        self.what, self.address = what, address
+        super().__init__(f"{what} cannot listen on {address}: {reason}")
 
 
 class MappingError(BridgeError):

@@ -220,13 +220,15 @@ class ReleaseResult:
     """What came of sending one acquired row.
 
     Exactly one outcome: ``external_id`` set (sent), ``retry_at`` set (try again then),
-    ``failed`` (permanent; dead-lettered), or ``cancelled`` (no longer wanted).
+    ``failed`` (permanent error), ``dead`` (attempts exhausted: dead-letter), or ``cancelled``
+    (no longer wanted).
     """
 
     id: int
     external_id: str | None = None
     retry_at: datetime | None = None
     failed: bool = False
+    dead: bool = False
     cancelled: bool = False
     error_code: str | None = None
     error_detail: str | None = None

@@ -1,0 +1,231 @@
+"""Wiring: build every component from :class:`bridge.config.Settings` and start it.
+
+Dependencies are injected through constructors here and nowhere else (STYLE.md §2); no module
+does I/O at import. :func:`bootstrap` pushes every component's cleanup onto one
+``AsyncExitStack``, so shutdown is the stack unwinding in reverse order: connectors stop taking
+messages, the inbox writer drains, the database closes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Bridge", "MeasuredSink", "bootstrap", "open_database"]
+
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from starlette.routing import BaseRoute
+from structlog.typing import FilteringBoundLogger
+
+from bridge.api.app import Readiness, create_app
+from bridge.config import Settings
+from bridge.domain import InboundMessage, IngestOutcome
+from bridge.engine.relay import Relay
+from bridge.errors import ConfigError, ConfigProblem, ListenerUnavailable, StoreUnavailable
+from bridge.metrics import Metrics
+from bridge.plugins import CHANNELS, CONNECTORS, load_plugin
+from bridge.ports import Channel, Clock, Connector, EventSink, PluginContext, SystemClock
+from bridge.store import AuditLog, Database, InboxWriter, SqlOutbox
+from bridge.store.migrate import current_revision, head_revision, upgrade
+from bridge.store.status import purge_raw_payloads, status_summary
+
+
+class MeasuredSink:
+    """An :class:`EventSink` that counts outcomes and commit latency per connector."""
+
+    def __init__(self, inner: EventSink, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    async def ingest(self, message: InboundMessage) -> IngestOutcome:
+        """Delegate, then count."""
+        started = time.perf_counter()
+        try:
+            outcome = await self._inner.ingest(message)
+        except StoreUnavailable:
+            self._metrics.inbound.labels(message.connector, "store_unavailable").inc()
+            raise
+        self._metrics.ingest_latency.labels(message.connector).observe(
+            time.perf_counter() - started
+        )
+        self._metrics.inbound.labels(message.connector, outcome.value).inc()
+        return outcome
+
+
+@dataclass
+class Bridge:
+    """Every running component of one daemon."""
+
+    settings: Settings
+    db: Database
+    clock: Clock
+    metrics: Metrics
+    log: FilteringBoundLogger
+    inbox: InboxWriter
+    sink: EventSink
+    outbox: SqlOutbox
+    audit: AuditLog
+    relay: Relay
+    readiness: Readiness
+    connectors: dict[str, Connector] = field(default_factory=dict)
+    channels: dict[str, Channel] = field(default_factory=dict)
+    routes: list[BaseRoute] = field(default_factory=list)
+    started_connectors: set[str] = field(default_factory=set)
+
+    def asgi_app(self) -> Any:
+        """The HTTP app with health, readiness, metrics and every plugin route."""
+        return create_app(metrics=self.metrics, readiness=self.readiness,
+                          extra_routes=self.routes, refresh_metrics=self.refresh_metrics,
+                          max_body_bytes=self.settings.http.max_body_bytes)
+
+    async def refresh_metrics(self) -> None:
+        """Read the gauges that live in the database."""
+        summary = await status_summary(self.db)
+        for state in ("pending", "leased", "sent", "failed", "dead", "cancelled", "held"):
+            self.metrics.outbox_rows.labels(state).set(summary.outbox_by_state.get(state, 0))
+        self.metrics.quarantine_rows.set(summary.quarantined)
+
+    async def purge(self) -> int:
+        """Retention: drop raw payloads older than ``retention.raw_days``."""
+        cutoff = self.clock.now() - timedelta(days=self.settings.retention.raw_days)
+        return await purge_raw_payloads(self.db, cutoff)
+
+    async def relay_release_all(self) -> int:
+        """Hand back every row this daemon's relay holds (graceful shutdown)."""
+        return await self.outbox.release_all(self.relay.relay_id)
+
+    async def reap(self) -> int:
+        """Return rows with expired leases to the queue."""
+        return await self.outbox.reap_expired(self.clock.now())
+
+
+async def open_database(settings: Settings, *, migrate: bool | None = None) -> Database:
+    """Connect, check reachability, and migrate (or check the schema is at head).
+
+    Raises:
+        StoreUnavailable: the database cannot be reached.
+        ConfigError: the schema is behind and migration at start is off.
+    """
+    db = Database(settings.sqlalchemy_url)
+    if not await db.ping():
+        await db.dispose()
+        raise StoreUnavailable(db.redacted_url, "cannot connect; check the URL, that the "
+                               "server runs and that the user may log in")
+    migrate = settings.migrate_on_start if migrate is None else migrate
+    if migrate:
+        await upgrade(db)
+    else:
+        current, head = await current_revision(db), head_revision()
+        if current != head:
+            await db.dispose()
+            raise ConfigError([ConfigProblem(settings.source, "bridge.migrate_on_start",
+                                             f"database schema is at {current}, this version "
+                                             f"needs {head}: run 'bridge db upgrade'")])
+    return db
+
+
+def load_plugins(
+    settings: Settings, clock: Clock
+) -> tuple[dict[str, Connector], dict[str, Channel]]:
+    """Build every enabled connector and the channel; all config problems are raised together.
+
+    Raises:
+        ConfigError: problems in any plugin's section, all of them.
+        bridge.errors.PluginError: a plugin is missing, broken or does not meet its Protocol.
+    """
+    problems: list[ConfigProblem] = []
+    connectors: dict[str, Connector] = {}
+    channels: dict[str, Channel] = {}
+
+    def context(path: str) -> PluginContext:
+        return PluginContext(section_path=path, data_dir=settings.data_dir,
+                             secrets=settings.secrets, clock=clock)
+
+    for name in settings.connectors:
+        path = f"connectors.{name}"
+        try:
+            connectors[name] = load_plugin(CONNECTORS, name, settings.plugin_section(path),
+                                           context(path), Connector)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if settings.channel:
+        try:
+            channels[settings.channel] = load_plugin(
+                CHANNELS, settings.channel, settings.plugin_section(settings.channel),
+                context(settings.channel), Channel)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return connectors, channels
+
+
+async def bootstrap(
+    settings: Settings,
+    exit_stack: AsyncExitStack,
+    log: FilteringBoundLogger,
+    *,
+    clock: Clock | None = None,
+) -> Bridge:
+    """Build and start everything but the HTTP server and the relay loop.
+
+    Raises:
+        StoreUnavailable, ConfigError, PluginError: start-up cannot continue.
+    """
+    clock = clock or SystemClock()
+    connectors, channels = load_plugins(settings, clock)
+    db = await open_database(settings)
+    exit_stack.push_async_callback(db.dispose)
+    metrics = Metrics()
+    inbox = InboxWriter(db, clock)
+    await inbox.start(exit_stack)
+    sink = MeasuredSink(inbox, metrics)
+    outbox = SqlOutbox(db, clock)
+    relay = Relay(outbox=outbox, channels=channels, clock=clock, settings=settings.relay,
+                  metrics=metrics, log=log)
+    bridge = Bridge(settings=settings, db=db, clock=clock, metrics=metrics, log=log,
+                    inbox=inbox, sink=sink, outbox=outbox, audit=AuditLog(db, clock),
+                    relay=relay, readiness=Readiness(), connectors=connectors,
+                    channels=channels)
+    _add_readiness(bridge)
+
+    for name, channel in channels.items():
+        start = getattr(channel, "start", None)
+        if start is not None:
+            await start(exit_stack)
+        bridge.routes.extend(_routes_of(channel, sink))
+        log.info("channel.started", channel=name)
+    for name, connector in connectors.items():
+        try:
+            await connector.start(exit_stack, sink, log.bind(connector=name))
+        except OSError as exc:
+            raise ListenerUnavailable(f"connector {name}", "its configured address",
+                                      exc.strerror or type(exc).__name__) from exc
+        bridge.routes.extend(_routes_of(connector, sink))
+        bridge.started_connectors.add(name)
+        log.info("connector.started", connector=name)
+    return bridge
+
+
+def _routes_of(plugin: object, sink: EventSink) -> list[BaseRoute]:
+    routes = getattr(plugin, "routes", None)
+    return list(routes(sink)) if callable(routes) else []
+
+
+def _add_readiness(bridge: Bridge) -> None:
+    async def database() -> tuple[bool, str]:
+        return (await bridge.db.ping(), "database unreachable")
+
+    async def migrations() -> tuple[bool, str]:
+        current, head = await current_revision(bridge.db), head_revision()
+        return current == head, f"schema at {current}, expected {head}"
+
+    async def connectors() -> tuple[bool, str]:
+        missing = set(bridge.connectors) - bridge.started_connectors
+        return not missing, f"not started: {', '.join(sorted(missing))}"
+
+    bridge.readiness.checks.update(
+        database=database, migrations=migrations, connectors=connectors
+    )

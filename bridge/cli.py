@@ -1,0 +1,385 @@
+"""The ``bridge`` command: run the daemon, check it, look inside it, fix things by id.
+
+Written for hospital IT: every command has help text that says what it does and what it
+touches; errors are one clear message and a named exit code, never a traceback.
+
+Exit codes (⟵ dramatiq ``cli.py``): ``RET_OK`` 0, ``RET_KILLED`` 1 (unexpected failure),
+``RET_CONFIG`` 2 (configuration, or unreadable input to ``inspect``), ``RET_CONNECT`` 3
+(database or port unavailable), ``RET_PLUGIN`` 4 (a plugin is missing or broken).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RET_CONFIG", "RET_CONNECT", "RET_KILLED", "RET_OK", "RET_PLUGIN", "app", "main"]
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bridge import __version__
+from bridge.config import Settings, load_settings
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    ListenerUnavailable,
+    NotFound,
+    PluginError,
+    StoreUnavailable,
+)
+from bridge.logging import configure_logging, get_logger
+
+RET_OK = 0
+RET_KILLED = 1
+RET_CONFIG = 2
+RET_CONNECT = 3
+RET_PLUGIN = 4
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="bridge",
+    help="The WhatsApp ⇄ EHR bridge: HL7 v2 and FHIR R4 in, WhatsApp reminders and result "
+    "notices out, patients' answers written back to the scheduling system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema: create or upgrade it, or show its version.",
+                     no_args_is_help=True)
+outbox_app = typer.Typer(help="Planned and sent messages: list them, retry failed ones by id.",
+                         no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="BRIDGE_CONFIG", dir_okay=False,
+                 help="TOML configuration file (see config/bridge.example.toml). Without it the "
+                 "embedded defaults are used: SQLite under ./.bridge and the local WhatsApp "
+                 "sandbox."),
+]
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise _fail(RET_CONFIG, str(exc)) from None
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine and turn the bridge's errors into exit codes without tracebacks."""
+    try:
+        return _event_loop_run(coro_fn)
+    except ConfigError as exc:
+        raise _fail(RET_CONFIG, str(exc)) from None
+    except PluginError as exc:
+        raise _fail(RET_PLUGIN, str(exc)) from None
+    except (StoreUnavailable, ListenerUnavailable) as exc:
+        raise _fail(RET_CONNECT, str(exc)) from None
+    except NotFound as exc:
+        raise _fail(RET_CONFIG, str(exc)) from None
+    except BridgeError as exc:
+        raise _fail(RET_KILLED, str(exc)) from None
+
+
+def _event_loop_run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro_fn())
+    return uvloop.run(coro_fn())
+
+
+def _logging(settings: Settings) -> None:
+    configure_logging(fmt=settings.log.format, level=settings.log.level,
+                      secrets=settings.secrets.values())
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the bridge daemon (HTTP, connectors, relay) until SIGTERM or Ctrl-C.
+
+    Migrates the database first unless migrate_on_start is off. Exits 0 after a clean stop.
+    """
+    from bridge.daemon import serve
+
+    settings = _settings(config)
+    _logging(settings)
+    code = _run(lambda: serve(settings, get_logger()))
+    raise typer.Exit(code)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration and every enabled plugin's section; list all problems."""
+    from bridge.bootstrap import load_plugins
+    from bridge.ports import SystemClock
+
+    settings = _settings(config)
+    try:
+        load_plugins(settings, SystemClock())
+    except ConfigError as exc:
+        raise _fail(RET_CONFIG, str(exc)) from None
+    except PluginError as exc:
+        raise _fail(RET_PLUGIN, str(exc)) from None
+    out.print(f"[green]configuration OK[/] ({settings.source}); database "
+              f"{'PostgreSQL' if 'postgresql' in settings.sqlalchemy_url else 'SQLite'}, "
+              f"connectors: {', '.join(settings.connectors) or 'none'}, "
+              f"channel: {settings.channel or 'none'}")
+
+
+async def _with_db(settings: Settings, body: Callable[[Any], Awaitable[T]],
+                   *, migrate: bool = False) -> T:
+    from bridge.bootstrap import open_database
+
+    db = await open_database(settings, migrate=migrate) if migrate else await _plain_db(settings)
+    try:
+        return await body(db)
+    finally:
+        await db.dispose()
+
+
+async def _plain_db(settings: Settings) -> Any:
+    from bridge.store import Database
+
+    db = Database(settings.sqlalchemy_url)
+    if not await db.ping():
+        await db.dispose()
+        raise StoreUnavailable(db.redacted_url, "cannot connect")
+    return db
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create the schema or bring it to the version this bridge needs."""
+    from bridge.store.migrate import current_revision, head_revision, upgrade
+
+    settings = _settings(config)
+
+    async def body(db: Any) -> str | None:
+        await upgrade(db)
+        return await current_revision(db)
+
+    rev = _run(lambda: _with_db(settings, body))
+    out.print(f"database at revision {rev} (head {head_revision()})")
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption = None) -> None:
+    """Show the schema revision of the database and the one this bridge needs."""
+    from bridge.store.migrate import current_revision, head_revision
+
+    settings = _settings(config)
+    rev = _run(lambda: _with_db(settings, current_revision))
+    head = head_revision()
+    state = "up to date" if rev == head else "needs 'bridge db upgrade'"
+    out.print(f"current: {rev or 'empty'}  head: {head}  ({state})")
+
+
+@app.command()
+def plugins(config: ConfigOption = None) -> None:
+    """List installed connector and channel plugins, their versions, and which are enabled."""
+    from bridge.plugins import CHANNELS, CONNECTORS, describe
+
+    settings = _settings(config)
+    enabled = set(settings.connectors) | {settings.channel}
+    table = Table("group", "name", "enabled", "distribution", "version", "target")
+    for group in (CONNECTORS, CHANNELS):
+        for info in describe(group):
+            table.add_row(group, info.name, "yes" if info.name in enabled else "no",
+                          info.distribution or "-", info.version or "-", info.target)
+    out.print(table)
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Counts by state, quarantine size, and the last inbound and outbound times."""
+    from bridge.store.status import status_summary
+
+    settings = _settings(config)
+    summary = _run(lambda: _with_db(settings, status_summary))
+    table = Table("what", "state", "count", title="bridge status")
+    for state, count in sorted(summary.outbox_by_state.items()):
+        table.add_row("outbox", state, str(count))
+    for state, count in sorted(summary.inbox_by_state.items()):
+        table.add_row("inbound", state, str(count))
+    for state, count in sorted(summary.events_by_state.items()):
+        table.add_row("events", state, str(count))
+    out.print(table)
+    out.print(f"quarantined inbound messages: {summary.quarantined}")
+    out.print(f"last inbound:  {summary.last_inbound_at or 'never'}")
+    out.print(f"last outbound: {summary.last_outbound_at or 'never'}")
+
+
+@outbox_app.command("list")
+def outbox_list(
+    config: ConfigOption = None,
+    state: Annotated[list[str] | None, typer.Option(
+        help="Only rows in this state (pending, leased, sent, failed, dead, cancelled, held); "
+        "repeatable.")] = None,
+    limit: Annotated[int, typer.Option(help="How many rows, newest first.")] = 50,
+) -> None:
+    """List outbox rows (ids, states, attempts, error codes; never message content)."""
+    from bridge.ports import SystemClock
+    from bridge.store import SqlOutbox
+
+    settings = _settings(config)
+
+    async def body(db: Any) -> Any:
+        return await SqlOutbox(db, SystemClock()).list(states=state, limit=limit)
+
+    rows = _run(lambda: _with_db(settings, body))
+    _print_outbox(rows)
+
+
+@outbox_app.command("dead")
+def outbox_dead(config: ConfigOption = None,
+                limit: Annotated[int, typer.Option(help="How many rows.")] = 50) -> None:
+    """List dead-lettered and failed rows with their last error code."""
+    outbox_list(config=config, state=["dead", "failed"], limit=limit)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    ids: Annotated[list[int], typer.Argument(help="Outbox row ids to send again.")],
+    config: ConfigOption = None,
+) -> None:
+    """Requeue failed, dead, held or cancelled rows by id; they are sent on the next tick."""
+    from bridge.ports import SystemClock
+    from bridge.store import AuditLog, SqlOutbox
+
+    settings = _settings(config)
+
+    async def body(db: Any) -> int:
+        clock = SystemClock()
+        count = await SqlOutbox(db, clock).retry(ids)
+        await AuditLog(db, clock).append("operator:cli", "outbox.retry", None,
+                                         {"ids": list(ids), "requeued": count})
+        return count
+
+    count = _run(lambda: _with_db(settings, body))
+    out.print(f"requeued {count} of {len(ids)} row(s)")
+
+
+def _print_outbox(rows: list[Any]) -> None:
+    table = Table("id", "kind", "state", "attempts", "due", "next attempt", "delivery", "error")
+    for r in rows:
+        table.add_row(str(r.id), r.kind, r.state, str(r.attempts), r.due_at.isoformat(),
+                      r.next_attempt_at.isoformat(), r.delivery_status or "-",
+                      r.last_error_code or "-")
+    out.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit log's hash chain; exits 1 and names the first broken row if tampered."""
+    from bridge.ports import SystemClock
+    from bridge.store import AuditLog
+
+    settings = _settings(config)
+
+    async def body(db: Any) -> Any:
+        return await AuditLog(db, SystemClock()).verify()
+
+    verdict = _run(lambda: _with_db(settings, body))
+    if verdict.ok:
+        out.print(f"[green]audit log intact[/]: {verdict.rows} row(s) verified")
+        return
+    raise _fail(RET_KILLED, f"audit log broken at row {verdict.broken_at} "
+                f"({verdict.rows} row(s) read): rows were changed or removed")
+
+
+#: ``bridge inspect`` kinds → the module whose ``inspect(payload, **options)`` translates them.
+_INSPECTORS = {
+    "hl7": "connectors.hl7v2",
+    "fhir": "connectors.fhir",
+    "whatsapp": "bridge.whatsapp",
+}
+
+
+@app.command()
+def inspect(
+    kind: Annotated[str, typer.Argument(help="What the file holds: hl7, fhir or whatsapp.")],
+    file: Annotated[Path, typer.Argument(help="The message or webhook body to run through.")],
+    tz: Annotated[str | None, typer.Option(
+        "--tz", help="Time zone for times without one (IANA name, e.g. America/Bogota).")] = None,
+    region: Annotated[str | None, typer.Option(
+        "--region", help="Default phone region for numbers without a country code (e.g. CO).",
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show what the bridge would do with one input, using the daemon's own code, no database."""
+    module_name = _INSPECTORS.get(kind)
+    if module_name is None:
+        raise _fail(RET_CONFIG, f"unknown kind {kind!r}: use hl7, fhir or whatsapp")
+    try:
+        payload = file.read_bytes()
+    except OSError as exc:
+        raise _fail(RET_CONFIG, f"cannot read {file}: {exc.strerror}") from None
+    translate = importlib.import_module(module_name).inspect
+    options: dict[str, Any] = {} if kind == "whatsapp" else {"tz": tz, "region": region}
+    translation = translate(payload, **options)
+    if translation.fatal:
+        reason = "; ".join(p.message for p in translation.problems if p.fatal)
+        raise _fail(RET_CONFIG, f"{file.name}: {reason}")
+    result = translation.marshal()
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for evt in result["events"]:
+        out.print(f"[bold]{evt['type']}[/] from {evt['source']['connector']} "
+                  f"message {evt['source']['message_id']}")
+        for key in ("appointment", "patient", "result"):
+            if evt.get(key):
+                out.print(f"  {key}: {evt[key]}")
+    for problem in result["problems"]:
+        out.print(f"[yellow]problem[/] {problem['code']} ({problem['field']}): "
+                  f"{problem['message']}")
+    if not result["events"] and not result["problems"]:
+        out.print("nothing to do for this input")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"bridge {__version__}")
+        raise typer.Exit(RET_OK)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        _mount_optional()
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside the daemon
+        sys.exit(RET_KILLED)
+
+
+def _mount_optional() -> None:
+    """Attach sub-commands that live with their feature (``bridge sandbox``)."""
+    try:
+        sandbox_cli = importlib.import_module("bridge.sandbox.cli")
+    except ImportError:
+        return
+    app.add_typer(sandbox_cli.app, name="sandbox")

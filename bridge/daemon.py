@@ -1,0 +1,130 @@
+"""``bridge run``: the long-running daemon, its signals and its periodic jobs.
+
+SIGTERM, SIGINT and SIGHUP stop it gracefully within seconds: the HTTP server stops accepting,
+the relay finishes its batch and hands back rows it had not sent, connectors close their
+listeners, the inbox writer commits what it holds, then the process exits 0 (⟵ dramatiq
+``cli.py``). Periodic work (lease reaping, retention purge, connector polling) runs on APScheduler;
+the relay runs its own loop because it must drain a backlog at 1,000 messages/s, not tick.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HttpServer", "bind_socket", "serve"]
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from structlog.typing import FilteringBoundLogger
+
+from bridge.bootstrap import Bridge, bootstrap
+from bridge.config import Settings
+from bridge.errors import ListenerUnavailable
+
+#: Seconds the HTTP server gets to finish in-flight requests on shutdown.
+_HTTP_GRACE = 3.0
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns signals.
+
+    uvicorn re-raises a captured SIGTERM after it shuts down, which would end the process with
+    -15 instead of our clean exit code 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signal handling to the daemon."""
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a listening TCP socket ourselves, so a busy port is our clear error, not a sys.exit.
+
+    Raises:
+        ListenerUnavailable: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenerUnavailable("HTTP", f"{host}:{port}", exc.strerror or str(exc)) from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _schedule_jobs(bridge: Bridge, scheduler: AsyncIOScheduler) -> None:
+    settings = bridge.settings
+    scheduler.add_job(bridge.reap, "interval", seconds=max(5.0, settings.relay.lease_seconds / 2),
+                      id="reap-leases", max_instances=1, coalesce=True)
+    scheduler.add_job(bridge.purge, "interval", hours=settings.retention.purge_interval_hours,
+                      id="retention-purge", max_instances=1, coalesce=True)
+    for name, connector in bridge.connectors.items():
+        poll = getattr(connector, "poll_once", None)
+        interval = getattr(connector, "poll_interval_seconds", None)
+        if callable(poll) and interval:
+            scheduler.add_job(poll, "interval", seconds=float(interval), id=f"poll-{name}",
+                              max_instances=1, coalesce=True)
+
+
+async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = None) -> int:
+    """Run the daemon until a stop signal; returns the process exit code (0).
+
+    Args:
+        settings: validated settings.
+        log: the root logger.
+        ready: optional callable invoked with the Bridge once it serves (sd_notify, tests).
+
+    Raises:
+        ConfigError, PluginError, StoreUnavailable, ListenerUnavailable: start-up failed.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with AsyncExitStack() as stack:
+            sock = bind_socket(settings.http.host, settings.http.port)
+            stack.callback(sock.close)
+            bridge = await bootstrap(settings, stack, log)
+            config = uvicorn.Config(bridge.asgi_app(), log_config=None, access_log=False,
+                                    lifespan="off", server_header=False, timeout_keep_alive=30,
+                                    timeout_graceful_shutdown=int(_HTTP_GRACE))
+            server = HttpServer(config)
+            server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+            relay_task = asyncio.create_task(bridge.relay.run(stop), name="relay")
+            scheduler = AsyncIOScheduler()
+            _schedule_jobs(bridge, scheduler)
+            scheduler.start()
+            stack.callback(scheduler.shutdown, wait=False)
+            port = sock.getsockname()[1]
+            log.info("bridge.ready", http=f"{settings.http.host}:{port}",
+                     connectors=sorted(bridge.connectors), channel=settings.channel,
+                     database=bridge.db.dialect)
+            if ready is not None:
+                ready(bridge)
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopper, server_task}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("bridge.stopping")
+            stop.set()
+            server.should_exit = True
+            await relay_task
+            released = await bridge.relay_release_all()
+            log.info("relay.released", rows=released)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server_task, _HTTP_GRACE + 1)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("bridge.stopped")
+    return 0

@@ -1,0 +1,246 @@
+"""The inbox: raw inbound messages and their events, committed before anyone is acknowledged.
+
+:class:`InboxWriter` is the :class:`bridge.ports.EventSink` the connectors and the webhook
+endpoints call. It does group commit: every ``ingest`` call waits on a future while one writer
+task stores everything that arrived together in one transaction, then resolves all the futures.
+Sixteen MLLP connections therefore share one fsync instead of paying sixteen (DESIGN.md §5: the
+prototype reached 5,900 msg/s this way on SQLite).
+
+Dedupe (DESIGN.md §3): the identity is ``connector|sender|source_id``. The same identity and the
+same payload hash is a duplicate (nothing new is stored, the sender gets its ACK again); the same
+identity with another payload is a conflict (stored, processed and reported, because real senders
+reuse control ids). The unique ``(dedupe_key, payload_hash)`` constraint settles races between
+two daemons: the loser's insert does nothing and its events, which are inserted only where their
+inbox row exists, vanish with it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InboxWriter", "dedupe_key", "subject_key"]
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import JSON, String, bindparam, exists, insert, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bridge.domain import (
+    AppointmentEvent,
+    Event,
+    InboundMessage,
+    IngestOutcome,
+    LabResultAvailable,
+    PatientUpdated,
+    ReplyReceived,
+    StatusUpdated,
+)
+from bridge.errors import StoreUnavailable
+from bridge.ports import Clock
+from bridge.store.database import Database
+from bridge.store.tables import UtcDateTime, event, inbox
+
+#: Upper bound of messages stored in one transaction; bigger bursts simply take two.
+MAX_BATCH = 512
+
+
+def dedupe_key(message: InboundMessage) -> str:
+    """``connector|sender|source_id``, trimmed: the identity half of the dedupe key."""
+    return f"{message.connector}|{message.sender.strip()}|{message.source_id.strip()}"
+
+
+def subject_key(evt: Event) -> str | None:
+    """What an event is about, so later events can find earlier ones (re-planning)."""
+    if isinstance(evt, AppointmentEvent):
+        return f"appointment:{evt.appointment.system}|{evt.appointment.id}"
+    if isinstance(evt, LabResultAvailable):
+        return f"result:{evt.result.system}|{evt.result.id}"
+    if isinstance(evt, PatientUpdated):
+        return f"patient:{evt.patient.id}"
+    if isinstance(evt, ReplyReceived):
+        return f"address:{evt.channel_user}"
+    if isinstance(evt, StatusUpdated):
+        return f"message:{evt.message_id}"
+    return None
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: InboundMessage
+    future: asyncio.Future[IngestOutcome]
+
+
+class InboxWriter:
+    """Group-committing :class:`bridge.ports.EventSink` over the ``inbox`` and ``event`` tables.
+
+    Args:
+        db: the database.
+        clock: gives ``received_at``.
+    """
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0
+        self.stored = 0
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        """Start the writer task; it drains and stops when the exit stack unwinds."""
+        self._task = asyncio.create_task(self._run(), name="inbox-writer")
+        exit_stack.push_async_callback(self.close)
+
+    async def close(self) -> None:
+        """Store what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def ingest(self, message: InboundMessage) -> IngestOutcome:
+        """Queue ``message`` for the next group commit and wait until it is durable.
+
+        Raises:
+            StoreUnavailable: the batch could not be committed; do not acknowledge.
+        """
+        if self._task is None or self._closing:
+            raise StoreUnavailable(self._db.redacted_url, "inbox writer not running")
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(message, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            async with self._db.write() as conn:
+                outcomes = await self._store(conn, [p.message for p in batch])
+        except StoreUnavailable as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about any failure
+            failure = StoreUnavailable(self._db.redacted_url, type(exc).__name__)
+            failure.__cause__ = exc
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        self.batches += 1
+        self.stored += len(batch)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(outcome)
+
+    async def _store(
+        self, conn: AsyncConnection, messages: Sequence[InboundMessage]
+    ) -> list[IngestOutcome]:
+        now = self._clock.now()
+        keys = [dedupe_key(m) for m in messages]
+        hashes = [m.payload_hash for m in messages]
+        known: dict[str, set[str]] = {}
+        unique_keys = sorted(set(keys))
+        for start in range(0, len(unique_keys), 400):  # stay under bind-parameter limits
+            chunk = unique_keys[start : start + 400]
+            rows = await conn.execute(
+                select(inbox.c.dedupe_key, inbox.c.payload_hash).where(
+                    inbox.c.dedupe_key.in_(chunk)
+                )
+            )
+            for key, digest in rows:
+                known.setdefault(key, set()).add(digest)
+
+        outcomes: list[IngestOutcome] = []
+        inbox_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        for message, key, digest in zip(messages, keys, hashes, strict=True):
+            seen = known.setdefault(key, set())
+            if digest in seen:
+                outcomes.append(IngestOutcome.DUPLICATE)
+                continue
+            translation = message.translation
+            if translation.fatal:
+                outcome, state = IngestOutcome.QUARANTINED, "quarantined"
+            elif seen:
+                outcome, state = IngestOutcome.CONFLICT, "conflict"
+            else:
+                outcome, state = IngestOutcome.ACCEPTED, "stored"
+            seen.add(digest)
+            row_id = uuid.uuid4().hex
+            problems = [p.marshal() for p in translation.problems]
+            reason = "; ".join(p.message for p in translation.problems if p.fatal) or None
+            inbox_rows.append(
+                {
+                    "id": row_id,
+                    "connector": message.connector,
+                    "sender": message.sender[:200],
+                    "source_id": message.source_id[:200],
+                    "dedupe_key": key[:450],
+                    "payload_hash": digest,
+                    "payload": message.payload,
+                    "content_type": message.content_type,
+                    "received_at": now,
+                    "state": state,
+                    "reason": reason,
+                    "problems": problems or None,
+                }
+            )
+            if outcome is not IngestOutcome.QUARANTINED:
+                for evt in translation.events:
+                    event_rows.append(
+                        {
+                            "event_id": evt.event_id,
+                            "inbox_id": row_id,
+                            "type": evt.type,
+                            "subject_key": subject_key(evt),
+                            "payload": evt.marshal(),
+                            "occurred_at": evt.occurred_at,
+                        }
+                    )
+            outcomes.append(outcome)
+
+        if inbox_rows:
+            await conn.execute(self._insert_inbox(), inbox_rows)
+        if event_rows:
+            await conn.execute(_INSERT_EVENTS, event_rows)
+        return outcomes
+
+    def _insert_inbox(self) -> Any:
+        dialect_insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
+        return dialect_insert(inbox).on_conflict_do_nothing(
+            index_elements=["dedupe_key", "payload_hash"]
+        )
+
+
+#: Events are inserted only where their inbox row exists, so an inbox row skipped by
+#: ON CONFLICT (another daemon won the race) takes its events with it.
+_INSERT_EVENTS = insert(event).from_select(
+    ["event_id", "inbox_id", "type", "subject_key", "payload", "occurred_at", "state"],
+    select(
+        bindparam("event_id", type_=String),
+        bindparam("inbox_id", type_=String),
+        bindparam("type", type_=String),
+        bindparam("subject_key", type_=String),
+        bindparam("payload", type_=JSON),
+        bindparam("occurred_at", type_=UtcDateTime()),
+        literal("pending", type_=String),
+    ).where(exists().where(inbox.c.id == bindparam("inbox_id", type_=String))),
+)
