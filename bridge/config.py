@@ -43,8 +43,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError, ConfigProblem
 
@@ -141,6 +142,37 @@ class Settings(_Section):
     sandbox: SandboxSettings = SandboxSettings()
     plugin_sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as America/Bogota)"
+            ) from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if value:
+            normalise_database_url(value)
+        return value
+
+    @field_validator("connectors")
+    @classmethod
+    def _listed_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a connector is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Settings:
+        if self.relay.backoff_max_seconds < self.relay.backoff_base_seconds:
+            raise ValueError("relay.backoff_max_seconds must be at least backoff_base_seconds")
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -244,11 +276,12 @@ def load_settings(config_path: Path | None, env: Mapping[str, str] | None = None
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            where = "environment" if key in _ENV_KEYS.values() and _env_set(env, key) else source
-            problems.append(ConfigProblem(where, key, err["msg"]))
-    if settings is not None:
-        _check_values(settings, problems)
+            key = ".".join(str(p) for p in err["loc"]) or "bridge"
+            if key in ("timezone", "database_url", "connectors", "data_dir"):
+                key = f"bridge.{key}"
+            bare = key.removeprefix("bridge.")
+            where = "environment" if _env_set(env, bare) else source
+            problems.append(ConfigProblem(where, key, err["msg"].removeprefix("Value error, ")))
     if problems:
         raise ConfigError(problems)
     assert settings is not None  # noqa: S101 - no problems means validation succeeded
@@ -370,35 +403,3 @@ def _read_secrets(env: Mapping[str, str], problems: list[ConfigProblem]) -> dict
         if value:
             secrets[name] = value
     return secrets
-
-
-def _check_values(settings: Settings, problems: list[ConfigProblem]) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(settings.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        problems.append(
-            ConfigProblem(
-                settings.source,
-                "bridge.timezone",
-                f"unknown time zone {settings.timezone!r} (use an IANA name such as America/Bogota)",
-            )
-        )
-    try:
-        settings.sqlalchemy_url  # noqa: B018 - validates the scheme
-    except ValueError as exc:
-        where = "environment" if settings.database_url else settings.source
-        problems.append(ConfigProblem(where, "database_url (BRIDGE_DATABASE_URL)", str(exc)))
-    if len(set(settings.connectors)) != len(settings.connectors):
-        problems.append(
-            ConfigProblem(settings.source, "bridge.connectors", "a connector is listed twice")
-        )
-    if settings.relay.backoff_max_seconds < settings.relay.backoff_base_seconds:
-        problems.append(
-            ConfigProblem(
-                settings.source,
-                "relay.backoff_max_seconds",
-                "must be at least relay.backoff_base_seconds",
-            )
-        )

@@ -89,7 +89,7 @@ class SqlOutbox:
                     outbox.c.idempotency_key.in_(keys)
                 )
             )
-            ids = dict(result.tuples().all())
+            ids = {key: ident for key, ident in result.all()}
         return [ids[k] for k in keys]
 
     async def acquire(
@@ -326,4 +326,4 @@ class SqlOutbox:
         """How many rows are in each state (status table, metrics)."""
         async with self._db.read() as conn:
             rows = await conn.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state))
-            return dict(rows.tuples().all())
+            return {state: n for state, n in rows.all()}

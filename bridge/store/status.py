@@ -37,11 +37,11 @@ async def status_summary(db: Database) -> StatusSummary:
     """Gather the summary in one read transaction."""
     async with db.read() as conn:
         out: dict[str, int] = dict((await conn.execute(
-            select(outbox.c.state, func.count()).group_by(outbox.c.state))).tuples().all())
+            select(outbox.c.state, func.count()).group_by(outbox.c.state))).all())
         inb: dict[str, int] = dict((await conn.execute(
-            select(inbox.c.state, func.count()).group_by(inbox.c.state))).tuples().all())
+            select(inbox.c.state, func.count()).group_by(inbox.c.state))).all())
         evs: dict[str, int] = dict((await conn.execute(
-            select(event.c.state, func.count()).group_by(event.c.state))).tuples().all())
+            select(event.c.state, func.count()).group_by(event.c.state))).all())
         last_in = (await conn.execute(select(func.max(inbox.c.received_at)))).scalar()
         last_out = (await conn.execute(select(func.max(outbox.c.sent_at)))).scalar()
     return StatusSummary(out, inb, evs, _aware(last_in), _aware(last_out))

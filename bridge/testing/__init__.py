@@ -6,12 +6,13 @@ instead of mocking our own functions.
 
 from __future__ import annotations
 
-__all__ = ["FixedClock", "MemorySink"]
+__all__ = ["FixedClock", "MemoryChannel", "MemorySink"]
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bridge.domain import Event, InboundMessage, IngestOutcome
+from bridge.testing.channel import MemoryChannel
 
 
 @dataclass
