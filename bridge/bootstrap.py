@@ -22,6 +22,8 @@ from structlog.typing import FilteringBoundLogger
 from bridge.api.app import Readiness, create_app
 from bridge.config import Settings
 from bridge.domain import InboundMessage, IngestOutcome
+from bridge.engine.delivery import DeliveryTracker
+from bridge.engine.processor import EventProcessor, Handler
 from bridge.engine.relay import Relay
 from bridge.errors import ConfigError, ConfigProblem, ListenerUnavailable, StoreUnavailable
 from bridge.metrics import Metrics
@@ -68,6 +70,7 @@ class Bridge:
     outbox: SqlOutbox
     audit: AuditLog
     relay: Relay
+    processor: EventProcessor
     readiness: Readiness
     connectors: dict[str, Connector] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)
@@ -185,10 +188,16 @@ async def bootstrap(
     outbox = SqlOutbox(db, clock)
     relay = Relay(outbox=outbox, channels=channels, clock=clock, settings=settings.relay,
                   metrics=metrics, log=log)
+    delivery = DeliveryTracker(db, clock)
+    handlers: dict[str, Handler] = {
+        "status.updated": delivery.on_status,
+        "reply.received": delivery.on_reply,
+    }
+    processor = EventProcessor(db, clock, handlers, metrics, log)
     bridge = Bridge(settings=settings, db=db, clock=clock, metrics=metrics, log=log,
                     inbox=inbox, sink=sink, outbox=outbox, audit=AuditLog(db, clock),
-                    relay=relay, readiness=Readiness(), connectors=connectors,
-                    channels=channels)
+                    relay=relay, processor=processor, readiness=Readiness(),
+                    connectors=connectors, channels=channels)
     _add_readiness(bridge)
 
     for name, channel in channels.items():

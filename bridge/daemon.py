@@ -103,6 +103,7 @@ async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = N
             server = HttpServer(config)
             server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
             relay_task = asyncio.create_task(bridge.relay.run(stop), name="relay")
+            events_task = asyncio.create_task(bridge.processor.run(stop), name="events")
             scheduler = AsyncIOScheduler()
             _schedule_jobs(bridge, scheduler)
             scheduler.start()
@@ -118,7 +119,7 @@ async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = N
             log.info("bridge.stopping")
             stop.set()
             server.should_exit = True
-            await relay_task
+            await asyncio.gather(relay_task, events_task)
             released = await bridge.relay_release_all()
             log.info("relay.released", rows=released)
             with contextlib.suppress(TimeoutError):
