@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from starlette.routing import BaseRoute
 from structlog.typing import FilteringBoundLogger
 
 from bridge.api.app import Readiness, create_app
 from bridge.config import Settings
 from bridge.domain import InboundMessage, IngestOutcome
-from bridge.engine.delivery import DeliveryTracker
-from bridge.engine.processor import EventProcessor, Handler
+from bridge.engine.engine import Engine
+from bridge.engine.processor import EventProcessor
 from bridge.engine.relay import Relay
 from bridge.errors import ConfigError, ConfigProblem, ListenerUnavailable, StoreUnavailable
 from bridge.metrics import Metrics
@@ -71,6 +72,7 @@ class Bridge:
     audit: AuditLog
     relay: Relay
     processor: EventProcessor
+    engine: Engine
     readiness: Readiness
     connectors: dict[str, Connector] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)
@@ -186,17 +188,18 @@ async def bootstrap(
     await inbox.start(exit_stack)
     sink = MeasuredSink(inbox, metrics)
     outbox = SqlOutbox(db, clock)
-    relay = Relay(outbox=outbox, channels=channels, clock=clock, settings=settings.relay,
-                  metrics=metrics, log=log)
-    delivery = DeliveryTracker(db, clock)
-    handlers: dict[str, Handler] = {
-        "status.updated": delivery.on_status,
-        "reply.received": delivery.on_reply,
-    }
-    processor = EventProcessor(db, clock, handlers, metrics, log)
+    audit = AuditLog(db, clock)
+    http_client = httpx.AsyncClient(timeout=10.0)
+    exit_stack.push_async_callback(http_client.aclose)
+    engine = await Engine.create(settings=settings, db=db, clock=clock, outbox=outbox,
+                                 audit=audit, connectors=connectors, http_client=http_client)
+    relay = Relay(outbox=outbox, channels={**channels, **engine.channels()}, clock=clock,
+                  settings=settings.relay, metrics=metrics, log=log,
+                  prepare=engine.renderer.prepare, after_release=engine.followups)
+    processor = EventProcessor(db, clock, engine.handlers(), metrics, log)
     bridge = Bridge(settings=settings, db=db, clock=clock, metrics=metrics, log=log,
-                    inbox=inbox, sink=sink, outbox=outbox, audit=AuditLog(db, clock),
-                    relay=relay, processor=processor, readiness=Readiness(),
+                    inbox=inbox, sink=sink, outbox=outbox, audit=audit, relay=relay,
+                    processor=processor, engine=engine, readiness=Readiness(),
                     connectors=connectors, channels=channels)
     _add_readiness(bridge)
 

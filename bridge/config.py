@@ -25,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_DATA_DIR",
     "SECRET_NAMES",
+    "EngineSettings",
     "HttpSettings",
     "LogSettings",
     "RelaySettings",
@@ -112,6 +113,40 @@ class RetentionSettings(_Section):
     purge_interval_hours: float = Field(default=6.0, gt=0)
 
 
+class EngineSettings(_Section):
+    """What the engine plans and how it talks to patients (``[engine]``)."""
+
+    #: reminders this many hours before the appointment
+    reminder_offsets_hours: tuple[float, ...] = (72.0, 24.0)
+    #: per-service overrides of the offsets, keyed by the service display text or code
+    service_offsets_hours: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    #: no messages between these clinic-local times; a due time inside is moved to the end
+    quiet_hours_start: str = Field(default="20:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    quiet_hours_end: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    #: a reminder due less than this before the appointment is not sent at all
+    min_lead_minutes: float = Field(default=60.0, ge=0)
+    #: spread a clinic-day's reminders over this many minutes (stable per appointment)
+    jitter_minutes: float = Field(default=20.0, ge=0)
+    #: the language of patients whose language is unknown
+    default_language: str = "es"
+    #: at most one results notice per patient in this window
+    results_window_hours: float = Field(default=24.0, ge=0)
+    #: how long a portal link token stays valid
+    portal_token_hours: float = Field(default=72.0, gt=0)
+    #: replies the bot does not understand before a person takes over
+    unknown_replies_before_handoff: int = Field(default=3, ge=1)
+    #: ask "are you sure?" before cancelling in the EHR
+    ask_before_cancel: bool = True
+    #: how many free slots to offer when a patient reschedules (WhatsApp lists hold 10)
+    slots_offered: int = Field(default=5, ge=1, le=10)
+    #: JSON webhook told when a conversation needs a person (empty: none)
+    handoff_webhook_url: str = ""
+    #: send a 1-5 rating after an appointment is fulfilled
+    survey_enabled: bool = False
+    #: folder of site mappings; empty uses the packaged defaults
+    mappings_dir: str = ""
+
+
 class SandboxSettings(_Section):
     """The embedded WhatsApp sandbox, started with the daemon when enabled."""
 
@@ -138,6 +173,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     relay: RelaySettings = RelaySettings()
+    engine: EngineSettings = EngineSettings()
     retention: RetentionSettings = RetentionSettings()
     sandbox: SandboxSettings = SandboxSettings()
     plugin_sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -215,9 +251,9 @@ def redact_url(url: str) -> str:
 
 
 #: Top-level keys of ``[bridge]`` and the sections the core validates itself.
-_CORE_SECTIONS = ("http", "log", "relay", "retention", "sandbox")
+_CORE_SECTIONS = ("http", "log", "relay", "retention", "sandbox", "engine")
 #: Sections that belong to plugins: kept raw here, validated by ``Plugin.from_config``.
-_PLUGIN_SECTIONS = ("whatsapp", "connectors", "engine", "mappings", "security")
+_PLUGIN_SECTIONS = ("whatsapp", "connectors", "security")
 
 
 def load_settings(config_path: Path | None, env: Mapping[str, str] | None = None) -> Settings:

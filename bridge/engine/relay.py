@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +38,8 @@ from bridge.ports import AcquiredRow, Channel, Clock, Notification, Outbox, Rele
 PrepareHook = Callable[[AcquiredRow], Awaitable[Notification]]
 #: Told about every row released as sent, with the receipt's message id (wamid).
 SentHook = Callable[[AcquiredRow, str], Awaitable[None]]
+#: Told about a whole batch once its outcomes are committed (follow-ups, audit).
+ReleasedHook = Callable[[Sequence[tuple[AcquiredRow, ReleaseResult]]], Awaitable[None]]
 
 
 async def notification_from_payload(row: AcquiredRow) -> Notification:
@@ -81,6 +83,7 @@ class Relay:
         log: a bound logger.
         prepare: row → notification; defaults to :func:`notification_from_payload`.
         on_sent: called for each row accepted by the channel, before its release.
+        after_release: called with the batch once its outcomes are committed.
         relay_id: defaults to ``host:pid:random`` so two processes never share one.
     """
 
@@ -95,6 +98,7 @@ class Relay:
         log: FilteringBoundLogger,
         prepare: PrepareHook | None = None,
         on_sent: SentHook | None = None,
+        after_release: ReleasedHook | None = None,
         relay_id: str | None = None,
     ) -> None:
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -106,6 +110,7 @@ class Relay:
         self._log = log.bind(relay_id=self.relay_id)
         self._prepare = prepare or notification_from_payload
         self._on_sent = on_sent
+        self.after_release = after_release
         self._lease = timedelta(seconds=settings.lease_seconds)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self.stats = RelayStats()
@@ -125,6 +130,11 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
         await self._outbox.release(self.relay_id, results)
+        if self.after_release is not None:
+            try:
+                await self.after_release(list(zip(rows, results, strict=True)))
+            except Exception as exc:  # noqa: BLE001 - follow-ups must not undo the sends
+                self._log.error("relay.after_release_failed", error=type(exc).__name__)
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -11,7 +11,7 @@ writers cannot both chain onto the same predecessor.
 
 from __future__ import annotations
 
-__all__ = ["GENESIS", "AuditLog", "AuditVerdict", "chain_hash"]
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditVerdict", "chain_hash"]
 
 import hashlib
 from collections.abc import Mapping
@@ -27,6 +27,8 @@ from bridge.ports import Clock
 from bridge.store.database import Database
 from bridge.store.tables import audit
 
+#: One audit row to append: actor, action, subject, detail (ids and decisions, never text).
+AuditEntry = tuple[str, str, "str | None", "Mapping[str, Any] | None"]
 #: The predecessor hash of the first row.
 GENESIS = "0" * 64
 #: Key of the PostgreSQL advisory lock that serialises appends.
@@ -64,47 +66,38 @@ class AuditLog:
         self._clock = clock
 
     async def append(
-        self,
-        actor: str,
-        action: str,
-        subject: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-        *,
-        conn: AsyncConnection | None = None,
+        self, actor: str, action: str, subject: str | None = None,
+        detail: Mapping[str, Any] | None = None, *, conn: AsyncConnection | None = None,
     ) -> str:
         """Append one row; inside ``conn``'s transaction when given. Returns its hash."""
+        entries = [(actor, action, subject, detail)]
         if conn is not None:
-            return await self._append(conn, actor, action, subject, detail)
+            return await self._append(conn, entries)
         async with self._db.write() as own:
-            return await self._append(own, actor, action, subject, detail)
+            return await self._append(own, entries)
 
-    async def _append(
-        self,
-        conn: AsyncConnection,
-        actor: str,
-        action: str,
-        subject: str | None,
-        detail: Mapping[str, Any] | None,
-    ) -> str:
+    async def append_many(self, entries: list[AuditEntry]) -> None:
+        """Append several rows (actor, action, subject, detail) in one transaction, in order."""
+        if entries:
+            async with self._db.write() as conn:
+                await self._append(conn, entries)
+
+    async def _append(self, conn: AsyncConnection, entries: list[AuditEntry]) -> str:
         if not self._db.is_sqlite:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-        prev = (
-            await conn.execute(select(audit.c.hash).order_by(audit.c.id.desc()).limit(1))
-        ).scalar_one_or_none() or GENESIS
+        prev = (await conn.execute(
+            select(audit.c.hash).order_by(audit.c.id.desc()).limit(1)
+        )).scalar_one_or_none() or GENESIS
         at = self._clock.now()
-        digest = chain_hash(prev, at, actor, action, subject, detail)
-        await conn.execute(
-            insert(audit).values(
-                at=at,
-                actor=actor,
-                action=action,
-                subject=subject,
-                detail=dict(detail) if detail else None,
-                prev_hash=prev,
-                hash=digest,
-            )
-        )
-        return digest
+        rows = []
+        for actor, action, subject, detail in entries:
+            digest = chain_hash(prev, at, actor, action, subject, detail)
+            rows.append({"at": at, "actor": actor, "action": action, "subject": subject,
+                         "detail": dict(detail) if detail else None, "prev_hash": prev,
+                         "hash": digest})
+            prev = digest
+        await conn.execute(insert(audit), rows)
+        return prev
 
     async def verify(self) -> AuditVerdict:
         """Walk the chain from the first row; report the first row whose hash does not match."""

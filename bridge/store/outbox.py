@@ -57,30 +57,39 @@ class SqlOutbox:
         self._db = db
         self._clock = clock
 
-    async def enqueue(self, rows: Sequence[OutboxRow]) -> list[int]:
-        """Insert rows; an existing idempotency key keeps its row. Returns ids in order."""
+    async def enqueue(self, rows: Sequence[OutboxRow], *, revive: bool = False) -> list[int]:
+        """Insert rows; an existing idempotency key keeps its row. Returns ids in order.
+
+        Args:
+            rows: the rows to plan.
+            revive: a key whose row was *cancelled* is planned again with the new due time
+                (an appointment moved back to a time it had before). Sent, failed and pending
+                rows are never touched, so nothing is sent twice.
+        """
         if not rows:
             return []
         now = self._clock.now()
         values = [
             {
-                "kind": r.kind,
-                "channel": r.channel,
-                "idempotency_key": r.idempotency_key,
-                "subject_key": r.subject_key,
-                "recipient_key": r.recipient_key,
-                "payload": dict(r.payload),
-                "due_at": r.due_at,
-                "next_attempt_at": r.due_at,
-                "state": "pending",
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
+                "kind": r.kind, "channel": r.channel, "idempotency_key": r.idempotency_key,
+                "subject_key": r.subject_key, "recipient_key": r.recipient_key,
+                "payload": dict(r.payload), "due_at": r.due_at, "next_attempt_at": r.due_at,
+                "state": "pending", "attempts": 0, "created_at": now, "updated_at": now,
             }
             for r in rows
         ]
         insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
-        stmt = insert(outbox).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        stmt = insert(outbox)
+        if revive:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["idempotency_key"],
+                set_={"state": "pending", "due_at": stmt.excluded.due_at,
+                      "next_attempt_at": stmt.excluded.next_attempt_at, "attempts": 0,
+                      "payload": stmt.excluded.payload, "updated_at": now},
+                where=outbox.c.state == "cancelled",
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
         keys = [r.idempotency_key for r in rows]
         async with self._db.write() as conn:
             await conn.execute(stmt, values)
@@ -89,7 +98,7 @@ class SqlOutbox:
                     outbox.c.idempotency_key.in_(keys)
                 )
             )
-            ids = {key: ident for key, ident in result.all()}
+            ids = {row.idempotency_key: row.id for row in result}
         return [ids[k] for k in keys]
 
     async def acquire(
@@ -325,5 +334,7 @@ class SqlOutbox:
     async def counts_by_state(self) -> dict[str, int]:
         """How many rows are in each state (status table, metrics)."""
         async with self._db.read() as conn:
-            rows = await conn.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state))
-            return {state: n for state, n in rows.all()}
+            rows = await conn.execute(
+                select(outbox.c.state, func.count().label("n")).group_by(outbox.c.state)
+            )
+            return {row.state: row.n for row in rows}

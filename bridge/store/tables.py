@@ -15,6 +15,8 @@ Tables and why they exist:
 - ``consent``: append-only opt-in / opt-out ledger with evidence.
 - ``audit``: append-only, hash-chained log of decisions and operator actions (ids, not text).
 - ``kv``: small named values (poll cursors, template sync time).
+- ``appointment``: the latest known state of each appointment and how to reach its patient, so
+  re-planning, replies and send-time checks read one row instead of replaying events.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "OUTBOX_STATES",
     "UtcDateTime",
+    "appointment",
     "audit",
     "consent",
     "conversation",
@@ -37,6 +40,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -221,4 +225,33 @@ kv = Table(
     Column("name", String(200), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", _Time, nullable=False),
+)
+
+appointment = Table(
+    "appointment",
+    metadata,
+    #: ``appointment:<system>|<id>``, the same key as ``event.subject_key``
+    Column("subject_key", String(300), primary_key=True),
+    Column("connector", String(32), nullable=False),
+    Column("system", String(200), nullable=False),
+    Column("appointment_id", String(200), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("status", String(24), nullable=False),
+    Column("start_at", _Time, nullable=True),
+    Column("end_at", _Time, nullable=True),
+    Column("patient_id", String(200), nullable=False),
+    #: E.164 phone the patient is reached on (PHI)
+    Column("address", String(200), nullable=True),
+    Column("language", String(12), nullable=True),
+    #: PHI, used only to render a template's first-name parameter
+    Column("given_name", String(200), nullable=True),
+    Column("location", String(300), nullable=True),
+    Column("practitioner", String(300), nullable=True),
+    Column("service", String(300), nullable=True),
+    Column("schedule_id", String(200), nullable=True),
+    Column("contact_allowed", Boolean, nullable=False, default=True),
+    Column("contact_block_reason", String(40), nullable=True),
+    Column("last_event_id", String(32), nullable=True),
+    Column("updated_at", _Time, nullable=False),
+    Index(None, "address", "start_at"),
 )

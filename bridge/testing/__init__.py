@@ -6,13 +6,14 @@ instead of mocking our own functions.
 
 from __future__ import annotations
 
-__all__ = ["FixedClock", "MemoryChannel", "MemorySink"]
+__all__ = ["FixedClock", "MemoryChannel", "MemoryConnector", "MemorySink"]
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bridge.domain import Event, InboundMessage, IngestOutcome
 from bridge.testing.channel import MemoryChannel
+from bridge.testing.connector import MemoryConnector
 
 
 @dataclass

@@ -233,3 +233,19 @@ class TestAudit:
         async with db.write() as conn:
             await conn.execute(text("DELETE FROM audit WHERE id = 2"))
         assert (await log.verify()).broken_at == 3
+
+
+class TestRevive:
+    async def test_revive_plans_a_cancelled_key_again_but_never_a_sent_one(self, db):
+        box = SqlOutbox(db, FixedClock(NOW))
+        [cancelled, sent] = await box.enqueue([row("a", subject="s"), row("b")])
+        await box.cancel_subject("s")
+        await box.acquire("r", timedelta(seconds=30), 10, NOW)
+        await box.release("r", [ReleaseResult(id=sent, external_id="wamid.1")])
+        later = NOW + timedelta(hours=2)
+        again = await box.enqueue([row("a", due=later, subject="s"), row("b", due=later)],
+                                  revive=True)
+        assert again == [cancelled, sent]
+        states = {v.id: (v.state, v.due_at) for v in await box.list()}
+        assert states[cancelled] == ("pending", later)
+        assert states[sent][0] == "sent"

@@ -1,0 +1,135 @@
+"""The latest known state of each appointment, and how to reach its patient.
+
+Written by the engine on every appointment event (in ``seq`` order, so the row is the EHR's
+latest word) and read when a reminder is about to go out, when a reply arrives, and for reports.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AppointmentRecord", "AppointmentStore"]
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bridge.domain import AppointmentEvent, AppointmentInfo, PatientInfo
+from bridge.ports import Clock
+from bridge.store.database import Database
+from bridge.store.tables import appointment
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AppointmentRecord:
+    """One row of ``appointment``."""
+
+    subject_key: str
+    connector: str
+    info: AppointmentInfo
+    patient: PatientInfo
+
+    @property
+    def start(self) -> datetime | None:
+        """The appointment's start."""
+        return self.info.start
+
+
+class AppointmentStore:
+    """Upsert and look up appointments."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def upsert(self, subject_key: str, evt: AppointmentEvent) -> AppointmentRecord | None:
+        """Store the event's view; returns the previous record (None when new).
+
+        Patient fields the event leaves empty keep their stored value, except the phone when the
+        EHR explicitly cleared it.
+        """
+        previous = await self.get(subject_key)
+        info, patient = evt.appointment, evt.patient
+        address = patient.phone
+        if address is None and previous is not None and not patient.phone_cleared:
+            address = previous.patient.phone
+        values = {
+            "connector": evt.source.connector,
+            "system": info.system,
+            "appointment_id": info.id,
+            "version": info.version,
+            "status": info.status,
+            "start_at": info.start,
+            "end_at": info.end,
+            "patient_id": patient.id,
+            "address": address,
+            "language": patient.language or (previous.patient.language if previous else None),
+            "given_name": patient.given_name or (previous.patient.given_name if previous else None),
+            "location": info.location,
+            "practitioner": info.practitioner,
+            "service": info.service,
+            "schedule_id": info.schedule_id,
+            "contact_allowed": patient.contact_allowed,
+            "contact_block_reason": patient.contact_block_reason,
+            "last_event_id": evt.event_id,
+            "updated_at": self._clock.now(),
+        }
+        insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
+        stmt = insert(appointment).values(subject_key=subject_key, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["subject_key"], set_=values)
+        async with self._db.write() as conn:
+            await conn.execute(stmt)
+        return previous
+
+    async def get(self, subject_key: str) -> AppointmentRecord | None:
+        """The record, or None."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(appointment).where(appointment.c.subject_key == subject_key)
+                )
+            ).one_or_none()
+        return _record(row) if row is not None else None
+
+    async def upcoming_for(self, address: str, now: datetime) -> list[AppointmentRecord]:
+        """Booked appointments of the patient at ``address`` that have not started yet."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(appointment)
+                    .where(
+                        appointment.c.address == address,
+                        appointment.c.start_at > now,
+                        appointment.c.status == "booked",
+                    )
+                    .order_by(appointment.c.start_at)
+                )
+            ).all()
+        return [_record(r) for r in rows]
+
+
+def _record(r: Row[Any]) -> AppointmentRecord:
+    info = AppointmentInfo(
+        id=r.appointment_id,
+        status=r.status,
+        start=r.start_at,
+        end=r.end_at,
+        system=r.system,
+        version=r.version,
+        location=r.location,
+        practitioner=r.practitioner,
+        service=r.service,
+        schedule_id=r.schedule_id,
+    )
+    patient = PatientInfo(
+        id=r.patient_id,
+        phone=r.address,
+        language=r.language,
+        given_name=r.given_name,
+        contact_allowed=r.contact_allowed,
+        contact_block_reason=r.contact_block_reason,
+    )
+    return AppointmentRecord(
+        subject_key=r.subject_key, connector=r.connector, info=info, patient=patient
+    )
