@@ -31,6 +31,7 @@ from bridge.metrics import Metrics
 from bridge.plugins import CHANNELS, CONNECTORS, load_plugin
 from bridge.ports import Channel, Clock, Connector, EventSink, PluginContext, SystemClock
 from bridge.store import AuditLog, Database, InboxWriter, SqlOutbox
+from bridge.store.kv import KvState
 from bridge.store.migrate import current_revision, head_revision, upgrade
 from bridge.store.status import purge_raw_payloads, status_summary
 
@@ -132,7 +133,7 @@ async def open_database(settings: Settings, *, migrate: bool | None = None) -> D
 
 
 def load_plugins(
-    settings: Settings, clock: Clock
+    settings: Settings, clock: Clock, db: Database | None = None
 ) -> tuple[dict[str, Connector], dict[str, Channel]]:
     """Build every enabled connector and the channel; all config problems are raised together.
 
@@ -145,8 +146,9 @@ def load_plugins(
     channels: dict[str, Channel] = {}
 
     def context(path: str) -> PluginContext:
+        state = KvState(db, clock, f"plugin:{path}") if db is not None else None
         return PluginContext(section_path=path, data_dir=settings.data_dir,
-                             secrets=settings.secrets, clock=clock)
+                             secrets=settings.secrets, clock=clock, state=state)
 
     for name in settings.connectors:
         path = f"connectors.{name}"
@@ -180,9 +182,10 @@ async def bootstrap(
         StoreUnavailable, ConfigError, PluginError: start-up cannot continue.
     """
     clock = clock or SystemClock()
-    connectors, channels = load_plugins(settings, clock)
+    load_plugins(settings, clock)  # validate every section before touching the database
     db = await open_database(settings)
     exit_stack.push_async_callback(db.dispose)
+    connectors, channels = load_plugins(settings, clock, db)
     metrics = Metrics()
     inbox = InboxWriter(db, clock)
     await inbox.start(exit_stack)

@@ -18,6 +18,7 @@ __all__ = [
     "Outbox",
     "OutboxRow",
     "PluginContext",
+    "PluginState",
     "ReleaseResult",
     "SendReceipt",
     "SlotFinder",
@@ -61,6 +62,22 @@ class SystemClock:
         return datetime.now(UTC)
 
 
+@runtime_checkable
+class PluginState(Protocol):
+    """**Protocol:** small named values a plugin keeps across restarts (poll cursors, history).
+
+    Shared by every daemon on the same database; names are namespaced per plugin.
+    """
+
+    async def get(self, name: str) -> str | None:
+        """The value, or None when never set."""
+        ...
+
+    async def set(self, name: str, value: str) -> None:
+        """Store the value durably."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PluginContext:
     """What a plugin may use when it builds itself from its config section.
@@ -75,12 +92,15 @@ class PluginContext:
         data_dir: where the bridge keeps state.
         secrets: secret values by name (``BRIDGE_FHIR_CLIENT_KEY``...).
         clock: the clock port.
+        state: durable named values for this plugin; None when only validating
+            (``bridge check-config`` opens no database).
     """
 
     section_path: str
     data_dir: Path
     secrets: Mapping[str, str]
     clock: Clock
+    state: PluginState | None = None
 
 
 @runtime_checkable

@@ -67,7 +67,12 @@ from bridge.ports import Clock, EventSink, PluginContext, SystemClock
 from ._auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth
 from ._client import Capabilities, FhirClient
 from ._config import CONFIG_KEYS, FhirSettings, SubscriptionSettings, parse_settings
-from ._ingest import AppointmentHistory, Ingestor, MemoryAppointmentHistory
+from ._ingest import (
+    AppointmentHistory,
+    Ingestor,
+    MemoryAppointmentHistory,
+    StateAppointmentHistory,
+)
 from ._poll import CursorStore, MemoryCursorStore, Poller
 from ._receiver import Answer, Receiver, heartbeat_watch, notification_routes
 from ._translate import TranslateContext, translate_payload
@@ -160,7 +165,13 @@ class FhirConnector:
         Raises:
             bridge.errors.ConfigError: every problem at once, keys prefixed by the section path.
         """
-        return cls(parse_settings(section, context), clock=context.clock)
+        state = context.state
+        return cls(
+            parse_settings(section, context),
+            clock=context.clock,
+            cursors=state,
+            history=StateAppointmentHistory(state) if state is not None else None,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -13,6 +13,8 @@ one here serves tests and single-process runs.
 
 from __future__ import annotations
 
+import orjson
+
 __all__ = ["AppointmentHistory", "Ingestor", "MemoryAppointmentHistory"]
 
 from collections.abc import Mapping
@@ -30,7 +32,7 @@ from bridge.domain import (
     Translation,
 )
 from bridge.errors import EHRRejected
-from bridge.ports import Clock, EventSink
+from bridge.ports import Clock, EventSink, PluginState
 
 from ._client import FhirClient
 from ._translate import TranslateContext, translate_resource
@@ -69,6 +71,38 @@ class MemoryAppointmentHistory:
         """Keep ``info`` (replacing an older copy of the same version)."""
         versions = [i for i in self._seen.get(info.id, []) if i.version != info.version]
         self._seen[info.id] = [*versions, info][-2:]
+
+
+class StateAppointmentHistory:
+    """A durable :class:`AppointmentHistory` in the bridge's plugin state (``kv`` table).
+
+    Survives restarts and is shared by daemons on one PostgreSQL, so a reschedule received
+    after a restart is still recognised as one.
+    """
+
+    def __init__(self, state: PluginState) -> None:
+        self._state = state
+
+    async def previous(self, appointment_id: str, version: str | None) -> AppointmentInfo | None:
+        """The newest remembered version other than ``version``."""
+        for info in reversed(await self._load(appointment_id)):
+            if version is None or info.version != version:
+                return info
+        return None
+
+    async def remember(self, info: AppointmentInfo) -> None:
+        """Keep ``info`` and the version before it."""
+        versions = [i for i in await self._load(info.id) if i.version != info.version]
+        kept = [*versions, info][-2:]
+        await self._state.set(
+            f"history:{info.id}", orjson.dumps([i.marshal() for i in kept]).decode()
+        )
+
+    async def _load(self, appointment_id: str) -> list[AppointmentInfo]:
+        raw = await self._state.get(f"history:{appointment_id}")
+        if not raw:
+            return []
+        return [AppointmentInfo.unmarshal(item) for item in orjson.loads(raw)]
 
 
 class Ingestor:
