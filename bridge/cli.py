@@ -10,39 +10,34 @@ Exit codes (⟵ dramatiq ``cli.py``): ``RET_OK`` 0, ``RET_KILLED`` 1 (unexpected
 
 from __future__ import annotations
 
-__all__ = ["RET_CONFIG", "RET_CONNECT", "RET_KILLED", "RET_OK", "RET_PLUGIN", "app", "main"]
+__all__ = ["app", "main"]
 
-import asyncio
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bridge import __version__
-from bridge.config import Settings, load_settings
-from bridge.errors import (
-    BridgeError,
-    ConfigError,
-    ListenerUnavailable,
-    NotFound,
-    PluginError,
-    StoreUnavailable,
+from bridge.cli_ops import register as register_operator_commands
+from bridge.cli_support import (
+    RET_CONFIG,
+    RET_KILLED,
+    RET_OK,
+    RET_PLUGIN,
+    ConfigOption,
+    fail,
+    load,
+    out,
+    run_async,
+    setup_logging,
+    with_db,
 )
-from bridge.logging import configure_logging, get_logger
-
-RET_OK = 0
-RET_KILLED = 1
-RET_CONFIG = 2
-RET_CONNECT = 3
-RET_PLUGIN = 4
-
-T = TypeVar("T")
+from bridge.errors import ConfigError, PluginError
+from bridge.logging import get_logger
 
 app = typer.Typer(
     name="bridge",
@@ -60,58 +55,7 @@ audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=Tr
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(audit_app, name="audit")
-
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar="BRIDGE_CONFIG", dir_okay=False,
-                 help="TOML configuration file (see config/bridge.example.toml). Without it the "
-                 "embedded defaults are used: SQLite under ./.bridge and the local WhatsApp "
-                 "sandbox."),
-]
-
-
-def _fail(code: int, message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        raise _fail(RET_CONFIG, str(exc)) from None
-
-
-def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine and turn the bridge's errors into exit codes without tracebacks."""
-    try:
-        return _event_loop_run(coro_fn)
-    except ConfigError as exc:
-        raise _fail(RET_CONFIG, str(exc)) from None
-    except PluginError as exc:
-        raise _fail(RET_PLUGIN, str(exc)) from None
-    except (StoreUnavailable, ListenerUnavailable) as exc:
-        raise _fail(RET_CONNECT, str(exc)) from None
-    except NotFound as exc:
-        raise _fail(RET_CONFIG, str(exc)) from None
-    except BridgeError as exc:
-        raise _fail(RET_KILLED, str(exc)) from None
-
-
-def _event_loop_run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro_fn())
-    return uvloop.run(coro_fn())
-
-
-def _logging(settings: Settings) -> None:
-    configure_logging(fmt=settings.log.format, level=settings.log.level,
-                      secrets=settings.secrets.values())
+register_operator_commands(app)
 
 
 @app.command()
@@ -122,9 +66,9 @@ def run(config: ConfigOption = None) -> None:
     """
     from bridge.daemon import serve
 
-    settings = _settings(config)
-    _logging(settings)
-    code = _run(lambda: serve(settings, get_logger()))
+    settings = load(config)
+    setup_logging(settings)
+    code = run_async(lambda: serve(settings, get_logger()))
     raise typer.Exit(code)
 
 
@@ -134,38 +78,17 @@ def check_config(config: ConfigOption = None) -> None:
     from bridge.bootstrap import load_plugins
     from bridge.ports import SystemClock
 
-    settings = _settings(config)
+    settings = load(config)
     try:
         load_plugins(settings, SystemClock())
     except ConfigError as exc:
-        raise _fail(RET_CONFIG, str(exc)) from None
+        raise fail(RET_CONFIG, str(exc)) from None
     except PluginError as exc:
-        raise _fail(RET_PLUGIN, str(exc)) from None
+        raise fail(RET_PLUGIN, str(exc)) from None
     out.print(f"[green]configuration OK[/] ({settings.source}); database "
               f"{'PostgreSQL' if 'postgresql' in settings.sqlalchemy_url else 'SQLite'}, "
               f"connectors: {', '.join(settings.connectors) or 'none'}, "
               f"channel: {settings.channel or 'none'}")
-
-
-async def _with_db(settings: Settings, body: Callable[[Any], Awaitable[T]],
-                   *, migrate: bool = False) -> T:
-    from bridge.bootstrap import open_database
-
-    db = await open_database(settings, migrate=migrate) if migrate else await _plain_db(settings)
-    try:
-        return await body(db)
-    finally:
-        await db.dispose()
-
-
-async def _plain_db(settings: Settings) -> Any:
-    from bridge.store import Database
-
-    db = Database(settings.sqlalchemy_url)
-    if not await db.ping():
-        await db.dispose()
-        raise StoreUnavailable(db.redacted_url, "cannot connect")
-    return db
 
 
 @db_app.command("upgrade")
@@ -173,13 +96,13 @@ def db_upgrade(config: ConfigOption = None) -> None:
     """Create the schema or bring it to the version this bridge needs."""
     from bridge.store.migrate import current_revision, head_revision, upgrade
 
-    settings = _settings(config)
+    settings = load(config)
 
     async def body(db: Any) -> str | None:
         await upgrade(db)
         return await current_revision(db)
 
-    rev = _run(lambda: _with_db(settings, body))
+    rev = run_async(lambda: with_db(settings, body))
     out.print(f"database at revision {rev} (head {head_revision()})")
 
 
@@ -188,8 +111,8 @@ def db_current(config: ConfigOption = None) -> None:
     """Show the schema revision of the database and the one this bridge needs."""
     from bridge.store.migrate import current_revision, head_revision
 
-    settings = _settings(config)
-    rev = _run(lambda: _with_db(settings, current_revision))
+    settings = load(config)
+    rev = run_async(lambda: with_db(settings, current_revision))
     head = head_revision()
     state = "up to date" if rev == head else "needs 'bridge db upgrade'"
     out.print(f"current: {rev or 'empty'}  head: {head}  ({state})")
@@ -200,7 +123,7 @@ def plugins(config: ConfigOption = None) -> None:
     """List installed connector and channel plugins, their versions, and which are enabled."""
     from bridge.plugins import CHANNELS, CONNECTORS, describe
 
-    settings = _settings(config)
+    settings = load(config)
     enabled = set(settings.connectors) | {settings.channel}
     table = Table("group", "name", "enabled", "distribution", "version", "target")
     for group in (CONNECTORS, CHANNELS):
@@ -215,8 +138,8 @@ def status(config: ConfigOption = None) -> None:
     """Counts by state, quarantine size, and the last inbound and outbound times."""
     from bridge.store.status import status_summary
 
-    settings = _settings(config)
-    summary = _run(lambda: _with_db(settings, status_summary))
+    settings = load(config)
+    summary = run_async(lambda: with_db(settings, status_summary))
     table = Table("what", "state", "count", title="bridge status")
     for state, count in sorted(summary.outbox_by_state.items()):
         table.add_row("outbox", state, str(count))
@@ -242,12 +165,12 @@ def outbox_list(
     from bridge.ports import SystemClock
     from bridge.store import SqlOutbox
 
-    settings = _settings(config)
+    settings = load(config)
 
     async def body(db: Any) -> Any:
         return await SqlOutbox(db, SystemClock()).list(states=state, limit=limit)
 
-    rows = _run(lambda: _with_db(settings, body))
+    rows = run_async(lambda: with_db(settings, body))
     _print_outbox(rows)
 
 
@@ -267,7 +190,7 @@ def outbox_retry(
     from bridge.ports import SystemClock
     from bridge.store import AuditLog, SqlOutbox
 
-    settings = _settings(config)
+    settings = load(config)
 
     async def body(db: Any) -> int:
         clock = SystemClock()
@@ -276,7 +199,7 @@ def outbox_retry(
                                          {"ids": list(ids), "requeued": count})
         return count
 
-    count = _run(lambda: _with_db(settings, body))
+    count = run_async(lambda: with_db(settings, body))
     out.print(f"requeued {count} of {len(ids)} row(s)")
 
 
@@ -295,16 +218,16 @@ def audit_verify(config: ConfigOption = None) -> None:
     from bridge.ports import SystemClock
     from bridge.store import AuditLog
 
-    settings = _settings(config)
+    settings = load(config)
 
     async def body(db: Any) -> Any:
         return await AuditLog(db, SystemClock()).verify()
 
-    verdict = _run(lambda: _with_db(settings, body))
+    verdict = run_async(lambda: with_db(settings, body))
     if verdict.ok:
         out.print(f"[green]audit log intact[/]: {verdict.rows} row(s) verified")
         return
-    raise _fail(RET_KILLED, f"audit log broken at row {verdict.broken_at} "
+    raise fail(RET_KILLED, f"audit log broken at row {verdict.broken_at} "
                 f"({verdict.rows} row(s) read): rows were changed or removed")
 
 
@@ -330,17 +253,17 @@ def inspect(
     """Show what the bridge would do with one input, using the daemon's own code, no database."""
     module_name = _INSPECTORS.get(kind)
     if module_name is None:
-        raise _fail(RET_CONFIG, f"unknown kind {kind!r}: use hl7, fhir or whatsapp")
+        raise fail(RET_CONFIG, f"unknown kind {kind!r}: use hl7, fhir or whatsapp")
     try:
         payload = file.read_bytes()
     except OSError as exc:
-        raise _fail(RET_CONFIG, f"cannot read {file}: {exc.strerror}") from None
+        raise fail(RET_CONFIG, f"cannot read {file}: {exc.strerror}") from None
     translate = importlib.import_module(module_name).inspect
     options: dict[str, Any] = {} if kind == "whatsapp" else {"tz": tz, "region": region}
     translation = translate(payload, **options)
     if translation.fatal:
         reason = "; ".join(p.message for p in translation.problems if p.fatal)
-        raise _fail(RET_CONFIG, f"{file.name}: {reason}")
+        raise fail(RET_CONFIG, f"{file.name}: {reason}")
     result = translation.marshal()
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")

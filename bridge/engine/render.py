@@ -91,12 +91,16 @@ class Renderer:
         address = str(payload["address"])
         if message not in _ALWAYS_ALLOWED and await self._consent.opted_out(address):
             raise SkipNotification("opted_out")
-        context, language = await self._context(row, message, address)
-        kind, content = self._mappings.render(message, language, context)
+        if message == "staff_text":  # typed by staff in `bridge handoff reply`, sent as is
+            kind, content = "text", {"body": str(payload.get("text", ""))}
+        else:
+            context, language = await self._context(row, message, address)
+            kind, content = self._mappings.render(message, language, context)
         if kind != "template" and not await self._window_open(address):
             fallback = payload.get("fallback")
             if not fallback:
                 raise SkipNotification("window_closed")
+            context, language = await self._context(row, str(fallback), address)
             kind, content = self._mappings.render(str(fallback), language, context)
         reply_to = payload.get("reply_to")
         if reply_to and kind != "template":

@@ -1,0 +1,188 @@
+"""Operator commands for clinic staff and the EHR team: handoff, consent, report.
+
+Every change an operator makes is written to the audit log with the actor ``operator:cli`` (or
+the name in ``BRIDGE_OPERATOR``), so "who released this conversation" has an answer.
+"""
+
+from __future__ import annotations
+
+__all__ = ["consent_app", "handoff_app", "register"]
+
+import csv
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bridge.cli_support import RET_CONFIG, ConfigOption, fail, load, out, run_async, with_db
+from bridge.ports import SystemClock
+
+handoff_app = typer.Typer(
+    help="Conversations a person has taken over: list them, answer a patient, give one back "
+    "to the bot.",
+    no_args_is_help=True,
+)
+consent_app = typer.Typer(help="The opt-in / opt-out ledger.", no_args_is_help=True)
+
+Operator = Annotated[
+    str,
+    typer.Option(
+        "--operator",
+        envvar="BRIDGE_OPERATOR",
+        help="Who is acting, for the audit log (a name or staff id, not a patient's).",
+    ),
+]
+
+
+@handoff_app.command("list")
+def handoff_list(
+    config: ConfigOption = None,
+) -> None:
+    """List conversations waiting for a person, oldest first, with the reason."""
+    from bridge.store.conversations import Conversations
+
+    settings = load(config)
+
+    async def body(db: Any) -> Any:
+        return await Conversations(db, SystemClock()).in_handoff()
+
+    rows = run_async(lambda: with_db(settings, body))
+    table = Table("address", "reason", "since", "last patient message")
+    for c in rows:
+        table.add_row(
+            c.address,
+            c.handoff_reason or "-",
+            c.updated_at.isoformat(),
+            c.last_inbound_at.isoformat() if c.last_inbound_at else "-",
+        )
+    out.print(table)
+
+
+@handoff_app.command("reply")
+def handoff_reply(
+    address: Annotated[str, typer.Argument(help="The patient's WhatsApp number, E.164 (+57...).")],
+    text: Annotated[str, typer.Argument(help="What to send, as you would type it in WhatsApp.")],
+    operator: Operator = "operator:cli",
+    config: ConfigOption = None,
+) -> None:
+    """Send a free-text answer to a patient (only within 24 h of their last message)."""
+    from bridge.engine.planner import message_row
+    from bridge.store import AuditLog, SqlOutbox
+    from bridge.store.conversations import Conversations
+
+    settings = load(config)
+
+    async def body(db: Any) -> str | None:
+        clock = SystemClock()
+        conversation = await Conversations(db, clock).get(address)
+        last = conversation.last_inbound_at if conversation else None
+        if last is None or clock.now() - last >= timedelta(hours=24):
+            return (
+                "the patient has not written in the last 24 hours; WhatsApp only allows "
+                "templates now (their next message reopens the window)"
+            )
+        now = clock.now()
+        [row_id] = await SqlOutbox(db, clock).enqueue(
+            [
+                message_row(
+                    kind="reply",
+                    message="staff_text",
+                    address=address,
+                    key=f"staff_text|{address}|{now.isoformat()}",
+                    due_at=now,
+                    language=None,
+                    subject=None,
+                    text=text,
+                )
+            ]
+        )
+        await AuditLog(db, clock).append(
+            operator, "handoff.reply", f"address:{address}", {"outbox_id": row_id}
+        )
+        return None
+
+    problem = run_async(lambda: with_db(settings, body))
+    if problem:
+        raise fail(RET_CONFIG, problem)
+    out.print("queued; the daemon sends it within a second")
+
+
+@handoff_app.command("release")
+def handoff_release(
+    address: Annotated[str, typer.Argument(help="The patient's WhatsApp number, E.164.")],
+    operator: Operator = "operator:cli",
+    config: ConfigOption = None,
+) -> None:
+    """Give the conversation back to the bot."""
+    from bridge.store import AuditLog
+    from bridge.store.conversations import Conversations
+
+    settings = load(config)
+
+    async def body(db: Any) -> None:
+        clock = SystemClock()
+        await Conversations(db, clock).release(address)
+        await AuditLog(db, clock).append(operator, "handoff.release", f"address:{address}")
+
+    run_async(lambda: with_db(settings, body))
+    out.print("released: the bot answers this patient again")
+
+
+@consent_app.command("export")
+def consent_export(
+    config: ConfigOption = None,
+) -> None:
+    """Write the whole consent ledger as CSV to standard output, for the EHR team."""
+    from bridge.store.consent import ConsentLedger
+
+    settings = load(config)
+
+    async def body(db: Any) -> list[Any]:
+        return [entry async for entry in ConsentLedger(db, SystemClock()).export()]
+
+    entries = run_async(lambda: with_db(settings, body))
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["address", "action", "source", "channel", "evidence", "recorded_at"])
+    for e in entries:
+        writer.writerow(
+            [e.address, e.action, e.source, e.channel, e.evidence or "", e.recorded_at.isoformat()]
+        )
+
+
+def report(
+    days: Annotated[int, typer.Option(help="Period: the last N days (ignored with --since).")] = 7,
+    since: Annotated[datetime | None, typer.Option(help="Start of the period (UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="End of the period (UTC).")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Per clinic: messages sent, delivered, read, failed by reason; decisions; opt-outs;
+    handoffs; median minutes from reminder to decision."""
+    from bridge.store.reports import build_report
+
+    settings = load(config)
+    end = until.replace(tzinfo=UTC) if until else datetime.now(UTC)
+    start = since.replace(tzinfo=UTC) if since else end - timedelta(days=days)
+    reports = run_async(lambda: with_db(settings, lambda db: build_report(db, start, end)))
+    rows = [r.row() for r in reports]
+    columns = list(rows[0]) if rows else ["clinic", "sent", "delivered", "read", "failed"]
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(
+        *columns, title=f"bridge report {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    )
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach these commands to the main ``bridge`` app."""
+    app.add_typer(handoff_app, name="handoff")
+    app.add_typer(consent_app, name="consent")
+    app.command("report")(report)
