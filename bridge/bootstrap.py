@@ -8,18 +8,22 @@ messages, the inbox writer drains, the database closes.
 
 from __future__ import annotations
 
-__all__ = ["Bridge", "MeasuredSink", "bootstrap", "open_database"]
+__all__ = ["Bridge", "MeasuredSink", "bootstrap", "is_loopback", "open_database"]
 
+import ipaddress
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from structlog.typing import FilteringBoundLogger
 
+from bridge.api.admin import AdminTokens, admin_routes, parse_admin_tokens
 from bridge.api.app import Readiness, create_app
 from bridge.config import Settings
 from bridge.domain import InboundMessage, IngestOutcome
@@ -75,16 +79,68 @@ class Bridge:
     processor: EventProcessor
     engine: Engine
     readiness: Readiness
+    admin: AdminTokens
     connectors: dict[str, Connector] = field(default_factory=dict)
     channels: dict[str, Channel] = field(default_factory=dict)
     routes: list[BaseRoute] = field(default_factory=list)
     started_connectors: set[str] = field(default_factory=set)
 
     def asgi_app(self) -> Any:
-        """The HTTP app with health, readiness, metrics and every plugin route."""
-        return create_app(metrics=self.metrics, readiness=self.readiness,
-                          extra_routes=self.routes, refresh_metrics=self.refresh_metrics,
-                          max_body_bytes=self.settings.http.max_body_bytes)
+        """The HTTP app with health, readiness, metrics, admin and every plugin route."""
+        guard = None
+        http = self.settings.http
+        if http.metrics_require_token or not is_loopback(http.host):
+            def guard(request: Request) -> Response | None:
+                auth = self.admin.authenticate(request, "read")
+                return auth if isinstance(auth, Response) else None
+
+        routes = [*self.routes, *admin_routes(self.admin, status=self._admin_status,
+                                              retry_outbox=self._admin_retry,
+                                              release_handoff=self._admin_release)]
+        return create_app(metrics=self.metrics, readiness=self.readiness, extra_routes=routes,
+                          refresh_metrics=self.refresh_metrics,
+                          max_body_bytes=http.max_body_bytes, metrics_guard=guard)
+
+    async def _admin_status(self) -> dict[str, object]:
+        summary = await status_summary(self.db)
+        return {"outbox": summary.outbox_by_state, "inbound": summary.inbox_by_state,
+                "events": summary.events_by_state, "quarantined": summary.quarantined,
+                "last_inbound_at": _iso(summary.last_inbound_at),
+                "last_outbound_at": _iso(summary.last_outbound_at)}
+
+    async def _admin_retry(self, request: Request, actor: str) -> dict[str, object]:
+        row_id = int(request.path_params["row_id"])
+        count = await self.outbox.retry([row_id])
+        await self.audit.append(f"admin:{actor}", "outbox.retry", f"outbox:{row_id}",
+                                {"requeued": count})
+        return {"requeued": count}
+
+    async def _admin_release(self, request: Request, actor: str) -> dict[str, object]:
+        address = str(request.path_params["address"])
+        await self.engine.conversations.release(address)
+        await self.audit.append(f"admin:{actor}", "handoff.release", f"address:{address}")
+        return {"released": True}
+
+    def exposure_warnings(self) -> list[str]:
+        """Doors open beyond this machine without the protection they need (logged at start)."""
+        warnings = []
+        http = self.settings.http
+        if not is_loopback(http.host):
+            if not self.admin.configured:
+                warnings.append("HTTP is exposed and no BRIDGE_ADMIN_TOKENS is set: /metrics "
+                                "and /admin answer 401 to everyone")
+            if self.settings.channel == "whatsapp" and not self.settings.secrets.get(
+                    "BRIDGE_WHATSAPP_APP_SECRET"):
+                warnings.append("HTTP is exposed and BRIDGE_WHATSAPP_APP_SECRET is not set: "
+                                "webhooks cannot be authenticated")
+            warnings.append("HTTP is exposed without TLS in the bridge: terminate TLS in a "
+                            "reverse proxy in front of it")
+        for path, section in self.settings.plugin_sections.items():
+            host = str(section.get("host", "127.0.0.1"))
+            if path.startswith("connectors.") and not is_loopback(host) and not (
+                    section.get("tls_cert") or section.get("allow_ips")):
+                warnings.append(f"{path} listens on {host} without TLS or an IP allow-list")
+        return warnings
 
     async def refresh_metrics(self) -> None:
         """Read the gauges that live in the database."""
@@ -105,6 +161,20 @@ class Bridge:
     async def reap(self) -> int:
         """Return rows with expired leases to the queue."""
         return await self.outbox.reap_expired(self.clock.now())
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses: a door only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 async def open_database(settings: Settings, *, migrate: bool | None = None) -> Database:
@@ -200,10 +270,12 @@ async def bootstrap(
                   settings=settings.relay, metrics=metrics, log=log,
                   prepare=engine.renderer.prepare, after_release=engine.followups)
     processor = EventProcessor(db, clock, engine.handlers(), metrics, log)
+    tokens, _ = parse_admin_tokens(settings.secrets.get("BRIDGE_ADMIN_TOKENS", ""))
     bridge = Bridge(settings=settings, db=db, clock=clock, metrics=metrics, log=log,
                     inbox=inbox, sink=sink, outbox=outbox, audit=audit, relay=relay,
                     processor=processor, engine=engine, readiness=Readiness(),
-                    connectors=connectors, channels=channels)
+                    admin=AdminTokens(tokens, metrics), connectors=connectors,
+                    channels=channels)
     _add_readiness(bridge)
 
     for name, channel in channels.items():

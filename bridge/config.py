@@ -306,6 +306,10 @@ def load_settings(config_path: Path | None, env: Mapping[str, str] | None = None
     _apply_env_overrides(env, data, plugin_sections, problems)
     data["plugin_sections"] = plugin_sections
     data["secrets"] = _read_secrets(env, problems)
+    if "BRIDGE_ADMIN_TOKENS" in data["secrets"]:
+        from bridge.api.admin import parse_admin_tokens
+
+        problems.extend(parse_admin_tokens(data["secrets"]["BRIDGE_ADMIN_TOKENS"])[1])
 
     settings: Settings | None = None
     try:

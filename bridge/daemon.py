@@ -108,6 +108,8 @@ async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = N
             _schedule_jobs(bridge, scheduler)
             scheduler.start()
             stack.callback(scheduler.shutdown, wait=False)
+            for warning in bridge.exposure_warnings():
+                log.warning("door.exposed", detail=warning)
             port = sock.getsockname()[1]
             log.info("bridge.ready", http=f"{settings.http.host}:{port}",
                      connectors=sorted(bridge.connectors), channel=settings.channel,

@@ -111,6 +111,7 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     refresh_metrics: Callable[[], Awaitable[None]] | None = None,
     max_body_bytes: int = 3 * 1024 * 1024,
+    metrics_guard: Callable[[Request], Response | None] | None = None,
 ) -> ASGIApp:
     """Build the ASGI app.
 
@@ -120,6 +121,7 @@ def create_app(
         extra_routes: routes from the channel and connectors (webhooks, notifications).
         refresh_metrics: called before /metrics renders (gauges read from the database).
         max_body_bytes: request bodies above this get 413.
+        metrics_guard: returns a refusal for /metrics requests without the right token.
     """
 
     async def healthz(_: Request) -> Response:
@@ -129,7 +131,9 @@ def create_app(
         ok, results = await readiness.evaluate()
         return JSONResponse({"ready": ok, "checks": results}, status_code=200 if ok else 503)
 
-    async def metrics_endpoint(_: Request) -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if metrics_guard is not None and (refusal := metrics_guard(request)) is not None:
+            return refusal
         if refresh_metrics is not None:
             try:
                 await refresh_metrics()
