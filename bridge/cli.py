@@ -63,12 +63,17 @@ def run(config: ConfigOption = None) -> None:
     """Run the bridge daemon (HTTP, connectors, relay) until SIGTERM or Ctrl-C.
 
     Migrates the database first unless migrate_on_start is off. Exits 0 after a clean stop.
+    Under systemd (Type=notify) it reports ready once it serves.
     """
+    import os
+
     from bridge.daemon import serve
+    from bridge.systemd import Notifier
 
     settings = load(config)
     setup_logging(settings)
-    code = run_async(lambda: serve(settings, get_logger()))
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
+    code = run_async(lambda: serve(settings, get_logger(), notifier=notifier))
     raise typer.Exit(code)
 
 

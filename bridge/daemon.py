@@ -26,6 +26,7 @@ from structlog.typing import FilteringBoundLogger
 from bridge.bootstrap import Bridge, bootstrap
 from bridge.config import Settings
 from bridge.errors import ListenerUnavailable
+from bridge.systemd import Notifier
 
 #: Seconds the HTTP server gets to finish in-flight requests on shutdown.
 _HTTP_GRACE = 3.0
@@ -77,13 +78,20 @@ def _schedule_jobs(bridge: Bridge, scheduler: AsyncIOScheduler) -> None:
                               max_instances=1, coalesce=True)
 
 
-async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = None) -> int:
+async def serve(
+    settings: Settings,
+    log: FilteringBoundLogger,
+    *,
+    ready: Any = None,
+    notifier: Notifier | None = None,
+) -> int:
     """Run the daemon until a stop signal; returns the process exit code (0).
 
     Args:
         settings: validated settings.
         log: the root logger.
-        ready: optional callable invoked with the Bridge once it serves (sd_notify, tests).
+        ready: optional callable invoked with the Bridge once it serves (tests).
+        notifier: tells systemd READY=1 once serving and STOPPING=1 on the way out.
 
     Raises:
         ConfigError, PluginError, StoreUnavailable, ListenerUnavailable: start-up failed.
@@ -116,9 +124,13 @@ async def serve(settings: Settings, log: FilteringBoundLogger, *, ready: Any = N
                      database=bridge.db.dialect)
             if ready is not None:
                 ready(bridge)
+            if notifier is not None:
+                notifier.notify("READY=1")
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({stopper, server_task}, return_when=asyncio.FIRST_COMPLETED)
             log.info("bridge.stopping")
+            if notifier is not None:
+                notifier.notify("STOPPING=1")
             stop.set()
             server.should_exit = True
             await asyncio.gather(relay_task, events_task)
