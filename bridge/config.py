@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -68,6 +69,11 @@ SECRET_NAMES: tuple[str, ...] = (
     "BRIDGE_TOKEN_SIGNING_KEY",
 )
 
+#: A TOML value that *names* a secret (``token_secret = "BRIDGE_FHIR_TOKEN"``) is fine.
+_SECRET_REFERENCE = re.compile(r"BRIDGE_[A-Z0-9_]+")
+#: Environment variables read as secrets besides :data:`SECRET_NAMES`: any ``BRIDGE_*`` name
+#: ending like a secret, so a site can name one per FHIR subscription.
+_SECRET_VARIABLE = re.compile(r"BRIDGE_[A-Z0-9_]*(SECRET|TOKEN|KEY|PASSWORD)S?")
 #: Key fragments that mark a TOML value as a secret that belongs in the environment instead.
 _SECRET_KEY_HINTS = ("token", "secret", "password", "private_key")
 
@@ -362,8 +368,10 @@ def _find_secret_keys(
     for key, value in table.items():
         if isinstance(value, dict):
             _find_secret_keys(source, f"{path}.{key}", value, problems)
-        elif any(hint in key.lower() for hint in _SECRET_KEY_HINTS) and not key.endswith(
-            ("_file", "_env", "_header", "_name")
+        elif (
+            any(hint in key.lower() for hint in _SECRET_KEY_HINTS)
+            and not key.endswith(("_file", "_env", "_header", "_name"))
+            and not (isinstance(value, str) and _SECRET_REFERENCE.fullmatch(value))
         ):
             problems.append(
                 ConfigProblem(
@@ -414,7 +422,10 @@ def _port(value: str, name: str, problems: list[ConfigProblem]) -> int | None:
 
 def _read_secrets(env: Mapping[str, str], problems: list[ConfigProblem]) -> dict[str, str]:
     secrets: dict[str, str] = {}
-    for name in SECRET_NAMES:
+    extra = {
+        n.removesuffix("_FILE") for n in env if _SECRET_VARIABLE.fullmatch(n.removesuffix("_FILE"))
+    }
+    for name in sorted(set(SECRET_NAMES) | extra):
         value = env.get(name)
         file_name = env.get(f"{name}_FILE")
         if value and file_name:

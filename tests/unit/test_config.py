@@ -103,3 +103,13 @@ class TestSecrets:
         os.chmod(secret_file, 0o644)
         with pytest.raises(ConfigError, match="world-readable"):
             load_settings(None, env={"BRIDGE_WHATSAPP_TOKEN_FILE": str(secret_file)})
+
+
+class TestSecretReferences:
+    def test_a_key_naming_a_secret_variable_is_allowed_and_any_bridge_secret_is_read(self, tmp_path):
+        path = write(tmp_path, '[connectors.fhir]\ntoken_secret = "BRIDGE_FHIR_TOKEN"\n'
+                               '[[connectors.fhir.subscriptions]]\nid = "appts"\n'
+                               'secret = "BRIDGE_FHIR_SUB_APPTS_SECRET"\n')
+        settings = load_settings(path, env={"BRIDGE_FHIR_SUB_APPTS_SECRET": "s3cr3t-value"})
+        assert settings.secrets["BRIDGE_FHIR_SUB_APPTS_SECRET"] == "s3cr3t-value"
+        assert settings.plugin_section("connectors.fhir")["token_secret"] == "BRIDGE_FHIR_TOKEN"
