@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -115,3 +116,44 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("BRIDGE_") and name != "BRIDGE_TEST_PG_URL":
             monkeypatch.delenv(name)
+
+
+# --- PHI scan (issue 8): no synthetic phone number, name or secret the tests use may appear in
+# any log line, exception or metric the suite produces. Captured stderr, captured logs and
+# failure reports of every test are scanned; daemon subprocesses are scanned by
+# tests/e2e/daemon.py; metrics by tests/integration/test_phi_scan.py. Stdout is not scanned:
+# `bridge inspect` prints what it found there on purpose (DESIGN.md §4).
+PHI_PATTERN = re.compile(
+    r"\+?57 ?300 ?123 ?\d{4}|\b573009999999\b|\+?1 ?650 ?555 ?1234|\+?44 ?7700 ?900 ?\d{3}"
+    r"|Ana María|Ana Lucía|Valentina|Ríos"
+    r"|viewer-token-0123456789|operator-token-0123456789|EAAGm0PX4ZCpsBAExampleToken"
+)
+_PHI_FINDINGS: list[str] = []
+
+
+def find_phi(text: str) -> list[str]:
+    """Synthetic PHI or secrets found in ``text``."""
+    return sorted(set(PHI_PATTERN.findall(text)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect PHI found in what a test logged to stderr or in how it failed."""
+    texts = [content for name, content in report.sections
+             if "stderr" in name or name.startswith("Captured log")]
+    if report.failed and report.longrepr is not None:
+        texts.append(str(report.longrepr))
+    for captured in texts:
+        for found in find_phi(captured):
+            _PHI_FINDINGS.append(f"{report.nodeid} ({report.when}): {found[:4]}…")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when any test leaked synthetic PHI into logs or errors."""
+    if _PHI_FINDINGS:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("PHI scan: synthetic patient data found in logs or errors:",
+                                red=True)
+            for finding in sorted(set(_PHI_FINDINGS))[:50]:
+                reporter.write_line(f"  {finding}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -26,10 +26,16 @@ def bridge_command(*args: str) -> list[str]:
 
 def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:
+    """Run one ``bridge`` command; its stderr (logs, errors) must carry no synthetic PHI."""
+    from tests.conftest import find_phi
+
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     full_env.update(env or {})
-    return subprocess.run(bridge_command(*args), env=full_env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    result = subprocess.run(bridge_command(*args), env=full_env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    leaked = find_phi(result.stderr)
+    assert not leaked, f"bridge {args[0]} logged synthetic PHI: {[v[:4] for v in leaked]}"
+    return result
 
 
 class Daemon:
@@ -78,4 +84,8 @@ def running_daemon(tmp_path: Path, *, config: str | None = None,
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=10)
+        _, stderr = process.communicate(timeout=10)
+        from tests.conftest import find_phi
+
+        leaked = find_phi(stderr)
+        assert not leaked, f"the daemon logged synthetic PHI: {[v[:4] for v in leaked]}"
