@@ -13,6 +13,7 @@
   x SendError(retryable, code, provider_code)
     + ChannelUnavailable              retryable: connect error, timeout, 5xx
     + ChannelThrottled                retryable: 429, Graph throttling codes
+      + SendHeld                      held by our own limit (spacing, tier): not an attempt
     + RecipientUnreachable            permanent: undeliverable, opted out
     + ChannelConfigInvalid            permanent, alerts the operator: expired token, wrong id
     + MessageRejected                 permanent: the request itself is wrong (limits, template)
@@ -43,11 +44,13 @@ __all__ = [
     "PluginError",
     "RecipientUnreachable",
     "SendError",
+    "SendHeld",
     "SkipNotification",
     "StoreUnavailable",
 ]
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class BridgeError(Exception):
@@ -174,6 +177,7 @@ class SendError(BridgeError):
         retry_after: float | None = None,
     ) -> None:
         self.code, self.provider_code, self.retry_after = code, provider_code, retry_after
+        #: may be set per instance: a template error (132001) alerts though its class doesn't
         tag = f" [{provider_code}]" if provider_code is not None else ""
         super().__init__(f"{code}{tag}: {reason}")
 
@@ -188,6 +192,26 @@ class ChannelThrottled(SendError):
     """The provider asked us to slow down (429, 130429, 131056...)."""
 
     retryable = True
+
+
+class SendHeld(ChannelThrottled):
+    """Not sent on purpose: a local limit says "not before ``hold_until``".
+
+    Retryable like any throttling, but nothing reached the provider, so the relay reschedules
+    the row for ``hold_until`` without counting an attempt.
+
+    Args:
+        limit: which limit held it (``patient_spacing``, ``patient_backoff``, ``tier``,
+            ``template_paused``).
+        hold_until: the earliest time the send may go.
+        now: the current time (for ``retry_after``).
+    """
+
+    def __init__(self, limit: str, hold_until: datetime, now: datetime) -> None:
+        self.limit = limit
+        self.hold_until = hold_until
+        super().__init__("held", f"held by the {limit} limit",
+                         retry_after=max(0.0, (hold_until - now).total_seconds()))
 
 
 class RecipientUnreachable(SendError):

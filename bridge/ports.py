@@ -241,7 +241,8 @@ class ReleaseResult:
 
     Exactly one outcome: ``external_id`` set (sent), ``retry_at`` set (try again then),
     ``failed`` (permanent error), ``dead`` (attempts exhausted: dead-letter), or ``cancelled``
-    (no longer wanted).
+    (no longer wanted). ``refund_attempt`` with ``retry_at``: nothing reached the provider (a
+    local limit held it), so the attempt is not counted.
     """
 
     id: int
@@ -250,6 +251,7 @@ class ReleaseResult:
     failed: bool = False
     dead: bool = False
     cancelled: bool = False
+    refund_attempt: bool = False
     error_code: str | None = None
     error_detail: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -30,7 +30,7 @@ from structlog.typing import FilteringBoundLogger
 
 from bridge.config import RelaySettings
 from bridge.engine.backoff import compute_backoff
-from bridge.errors import MappingError, SendError, SkipNotification
+from bridge.errors import MappingError, SendError, SendHeld, SkipNotification
 from bridge.metrics import Metrics
 from bridge.ports import AcquiredRow, Channel, Clock, Notification, Outbox, ReleaseResult
 
@@ -158,30 +158,31 @@ class Relay:
     async def _handle(self, row: AcquiredRow) -> ReleaseResult:
         log = self._log.bind(outbox_id=row.id, kind=row.kind, attempt=row.attempts)
         async with self._semaphore:
+            channel = self._channels.get(row.channel)
+            if channel is None:
+                self.stats.failed += 1
+                log.error("relay.unknown_channel", channel=row.channel)
+                return ReleaseResult(id=row.id, failed=True, error_code="unknown_channel",
+                                     error_detail=f"no channel named {row.channel}")
             try:
                 notification = await self._prepare(row)
-                channel = self._channels[row.channel]
             except SkipNotification as skip:
                 self.stats.cancelled += 1
                 log.info("relay.skipped", reason=skip.reason)
-                return ReleaseResult(
-                    id=row.id, cancelled=True, error_code="skipped", error_detail=skip.reason
-                )
+                return ReleaseResult(id=row.id, cancelled=True, error_code="skipped",
+                                     error_detail=skip.reason)
             except MappingError as exc:
                 self.stats.failed += 1
                 log.warning("relay.unmappable", error=str(exc))
-                return ReleaseResult(
-                    id=row.id, failed=True, error_code="mapping", error_detail=str(exc)
-                )
-            except KeyError:
+                return ReleaseResult(id=row.id, failed=True, error_code="mapping",
+                                     error_detail=str(exc))
+            except SendError as exc:  # e.g. a paused template holds the send
+                return self._after_error(row, exc, log)
+            except (KeyError, TypeError, ValueError) as exc:
                 self.stats.failed += 1
-                log.error("relay.unknown_channel", channel=row.channel)
-                return ReleaseResult(
-                    id=row.id,
-                    failed=True,
-                    error_code="unknown_channel",
-                    error_detail=f"no channel named {row.channel}",
-                )
+                log.error("relay.bad_payload", error=type(exc).__name__)
+                return ReleaseResult(id=row.id, failed=True, error_code="bad_payload",
+                                     error_detail=type(exc).__name__)
             started = time.perf_counter()
             try:
                 receipt = await channel.send(notification)
@@ -209,6 +210,11 @@ class Relay:
         provider = str(exc.provider_code) if exc.provider_code is not None else ""
         self._metrics.send_errors.labels(exc.code, provider).inc()
         detail = str(exc)[:500]
+        if isinstance(exc, SendHeld):
+            self._metrics.sends.labels(row.channel, "held").inc()
+            log.debug("relay.held", limit=exc.limit)
+            return ReleaseResult(id=row.id, retry_at=exc.hold_until, refund_attempt=True,
+                                 error_code="held", error_detail=detail)
         if not exc.retryable:
             self.stats.failed += 1
             self._metrics.sends.labels(row.channel, "failed").inc()

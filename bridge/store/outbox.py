@@ -186,6 +186,7 @@ class SqlOutbox:
                     "b_sent": now if state == "sent" else None,
                     "b_now": now,
                     "b_delivery": "accepted" if state == "sent" else None,
+                    "b_refund": 1 if r.refund_attempt else 0,
                 }
             )
         stmt = (
@@ -207,6 +208,7 @@ class SqlOutbox:
                     outbox.c.delivery_status,
                     bindparam("b_delivery", type_=outbox.c.delivery_status.type),
                 ),
+                attempts=outbox.c.attempts - bindparam("b_refund", type_=outbox.c.attempts.type),
                 last_error_code=bindparam("b_code"),
                 last_error=bindparam("b_err"),
                 sent_at=bindparam("b_sent", type_=outbox.c.sent_at.type),

@@ -127,3 +127,29 @@ class TestRelay:
         await relay_for(sqlite_db, clock, Exploding()).tick()
         row = await row_state(sqlite_db, row_id)
         assert (row.state, row.last_error_code) == ("pending", "internal")
+
+
+class TestHeld:
+    async def test_a_send_held_by_a_local_limit_waits_without_using_an_attempt(self, sqlite_db,
+                                                                             clock):
+        from bridge.errors import SendHeld
+
+        channel = MemoryChannel()
+        channel.script.append(SendHeld("patient_spacing", NOW + timedelta(seconds=6), NOW))
+        [row_id] = await enqueue(sqlite_db, clock)
+        relay = relay_for(sqlite_db, clock, channel)
+        await relay.tick()
+        row = await row_state(sqlite_db, row_id)
+        assert (row.state, row.attempts) == ("pending", 0)
+        assert row.next_attempt_at == NOW + timedelta(seconds=6)
+        clock.advance(timedelta(seconds=7))
+        await relay.tick()
+        assert (await row_state(sqlite_db, row_id)).state == "sent"
+
+    async def test_a_row_for_an_unknown_channel_fails_with_that_reason(self, sqlite_db, clock):
+        box = SqlOutbox(sqlite_db, clock)
+        [row_id] = await box.enqueue([OutboxRow(kind="x", channel="pigeon", idempotency_key="p",
+                                                due_at=NOW, payload={})])
+        await relay_for(sqlite_db, clock, MemoryChannel()).tick()
+        row = await row_state(sqlite_db, row_id)
+        assert (row.state, row.last_error_code) == ("failed", "unknown_channel")
