@@ -43,8 +43,10 @@ class AppointmentStore:
         self._db = db
         self._clock = clock
 
-    async def upsert(self, subject_key: str, evt: AppointmentEvent) -> AppointmentRecord | None:
-        """Store the event's view; returns the previous record (None when new).
+    async def upsert(
+        self, subject_key: str, evt: AppointmentEvent
+    ) -> tuple[AppointmentRecord | None, AppointmentRecord]:
+        """Store the event's view; returns the previous record (None when new) and the new one.
 
         Patient fields the event leaves empty keep their stored value, except the phone when the
         EHR explicitly cleared it.
@@ -54,7 +56,9 @@ class AppointmentStore:
         address = patient.phone
         if address is None and previous is not None and not patient.phone_cleared:
             address = previous.patient.phone
-        values = {
+        language = patient.language or (previous.patient.language if previous else None)
+        given_name = patient.given_name or (previous.patient.given_name if previous else None)
+        values: dict[str, object] = {
             "connector": evt.source.connector,
             "system": info.system,
             "appointment_id": info.id,
@@ -64,8 +68,8 @@ class AppointmentStore:
             "end_at": info.end,
             "patient_id": patient.id,
             "address": address,
-            "language": patient.language or (previous.patient.language if previous else None),
-            "given_name": patient.given_name or (previous.patient.given_name if previous else None),
+            "language": language,
+            "given_name": given_name,
             "location": info.location,
             "practitioner": info.practitioner,
             "service": info.service,
@@ -80,7 +84,20 @@ class AppointmentStore:
         stmt = stmt.on_conflict_do_update(index_elements=["subject_key"], set_=values)
         async with self._db.write() as conn:
             await conn.execute(stmt)
-        return previous
+        current = AppointmentRecord(
+            subject_key=subject_key,
+            connector=evt.source.connector,
+            info=info,
+            patient=PatientInfo(
+                id=patient.id,
+                phone=address,
+                language=language,
+                given_name=given_name,
+                contact_allowed=patient.contact_allowed,
+                contact_block_reason=patient.contact_block_reason,
+            ),
+        )
+        return previous, current
 
     async def get(self, subject_key: str) -> AppointmentRecord | None:
         """The record, or None."""

@@ -23,11 +23,11 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, bindparam, exists, insert, literal, select
+from sqlalchemy import JSON, Connection, String, bindparam, exists, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.domain import (
     AppointmentEvent,
@@ -130,8 +130,10 @@ class InboxWriter:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            async with self._db.write() as conn:
-                outcomes = await self._store(conn, [p.message for p in batch])
+            messages = [p.message for p in batch]
+            now = self._clock.now()
+            outcomes = await self._db.write_batch(
+                lambda conn: self._store(conn, messages, now), urgent=True)
         except StoreUnavailable as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -150,17 +152,17 @@ class InboxWriter:
             if not pending.future.done():
                 pending.future.set_result(outcome)
 
-    async def _store(
-        self, conn: AsyncConnection, messages: Sequence[InboundMessage]
+    def _store(
+        self, conn: Connection, messages: Sequence[InboundMessage], now: datetime
     ) -> list[IngestOutcome]:
-        now = self._clock.now()
+        """One batch in one transaction (runs in the database's worker thread on SQLite)."""
         keys = [dedupe_key(m) for m in messages]
         hashes = [m.payload_hash for m in messages]
         known: dict[str, set[str]] = {}
         unique_keys = sorted(set(keys))
         for start in range(0, len(unique_keys), 400):  # stay under bind-parameter limits
             chunk = unique_keys[start : start + 400]
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(inbox.c.dedupe_key, inbox.c.payload_hash).where(
                     inbox.c.dedupe_key.in_(chunk)
                 )
@@ -218,9 +220,9 @@ class InboxWriter:
             outcomes.append(outcome)
 
         if inbox_rows:
-            await conn.execute(self._insert_inbox(), inbox_rows)
+            conn.execute(self._insert_inbox(), inbox_rows)
         if event_rows:
-            await conn.execute(_INSERT_EVENTS, event_rows)
+            conn.execute(_INSERT_EVENTS, event_rows)
         return outcomes
 
     def _insert_inbox(self) -> Any:
