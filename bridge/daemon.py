@@ -9,7 +9,7 @@ the relay runs its own loop because it must drain a backlog at 1,000 messages/s,
 
 from __future__ import annotations
 
-__all__ = ["HttpServer", "bind_socket", "serve"]
+__all__ = ["HttpServer", "bind_socket", "embedded_sandbox", "serve"]
 
 import asyncio
 import contextlib
@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -26,6 +27,7 @@ from structlog.typing import FilteringBoundLogger
 from bridge.bootstrap import Bridge, bootstrap
 from bridge.config import Settings
 from bridge.errors import ListenerUnavailable
+from bridge.sandbox import SANDBOX_TOKEN, SandboxConfig, SandboxServer
 from bridge.systemd import Notifier
 
 #: Seconds the HTTP server gets to finish in-flight requests on shutdown.
@@ -65,6 +67,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def embedded_sandbox(bridge: Bridge, http_port: int) -> SandboxConfig | None:
+    """The sandbox to start with the daemon: only when enabled and the WhatsApp channel points
+    at its loopback address, with the channel's own ids and secrets and our webhook URL."""
+    settings = bridge.settings
+    channel = bridge.channels.get("whatsapp")
+    if not settings.sandbox.enabled or channel is None:
+        return None
+    wa = getattr(channel, "settings", None)
+    base = urlsplit(str(getattr(wa, "base_url", "")))
+    if base.hostname not in ("127.0.0.1", "localhost", "::1") or (
+            base.port != settings.sandbox.port):
+        return None
+    app_secret = getattr(channel, "app_secret", None) or b""
+    return SandboxConfig(
+        host=settings.sandbox.host, port=settings.sandbox.port,
+        phone_number_id=str(getattr(wa, "phone_number_id", "")),
+        waba_id=str(getattr(wa, "waba_id", "")),
+        token=settings.secrets.get("BRIDGE_WHATSAPP_TOKEN", SANDBOX_TOKEN),
+        app_secret=app_secret.decode() if isinstance(app_secret, bytes) else str(app_secret),
+        webhook_url=f"http://127.0.0.1:{http_port}/webhooks/whatsapp",
+    )
 
 
 def _schedule_jobs(bridge: Bridge, scheduler: AsyncIOScheduler) -> None:
@@ -108,6 +133,18 @@ async def serve(
             sock = bind_socket(settings.http.host, settings.http.port)
             stack.callback(sock.close)
             bridge = await bootstrap(settings, stack, log)
+            port = sock.getsockname()[1]
+            sandbox_config = embedded_sandbox(bridge, port)
+            if sandbox_config is not None:
+                sandbox = SandboxServer(sandbox_config)
+                try:
+                    await sandbox.start()
+                except OSError as exc:
+                    raise ListenerUnavailable("sandbox", f"{sandbox_config.host}:"
+                                              f"{sandbox_config.port}",
+                                              exc.strerror or str(exc)) from exc
+                stack.push_async_callback(sandbox.stop)
+                log.info("sandbox.started", url=sandbox.url)
             config = uvicorn.Config(bridge.asgi_app(), log_config=None, access_log=False,
                                     lifespan="off", server_header=False, timeout_keep_alive=30,
                                     timeout_graceful_shutdown=int(_HTTP_GRACE))
@@ -121,7 +158,6 @@ async def serve(
             stack.callback(scheduler.shutdown, wait=False)
             for warning in bridge.exposure_warnings():
                 log.warning("door.exposed", detail=warning)
-            port = sock.getsockname()[1]
             log.info("bridge.ready", http=f"{settings.http.host}:{port}",
                      connectors=sorted(bridge.connectors), channel=settings.channel,
                      database=bridge.db.dialect)
