@@ -268,7 +268,7 @@ async def bootstrap(
                                  audit=audit, connectors=connectors, http_client=http_client)
     relay = Relay(outbox=outbox, channels={**channels, **engine.channels()}, clock=clock,
                   settings=settings.relay, metrics=metrics, log=log,
-                  prepare=engine.renderer.prepare, after_release=engine.followups)
+                  prepare=engine.prepare, after_release=engine.followups)
     processor = EventProcessor(db, clock, engine.handlers(), metrics, log)
     tokens, _ = parse_admin_tokens(settings.secrets.get("BRIDGE_ADMIN_TOKENS", ""))
     bridge = Bridge(settings=settings, db=db, clock=clock, metrics=metrics, log=log,

@@ -107,7 +107,7 @@ def db_upgrade(config: ConfigOption = None) -> None:
         await upgrade(db)
         return await current_revision(db)
 
-    rev = run_async(lambda: with_db(settings, body))
+    rev = run_async(lambda: with_db(settings, body, check_schema=False))
     out.print(f"database at revision {rev} (head {head_revision()})")
 
 
@@ -117,7 +117,7 @@ def db_current(config: ConfigOption = None) -> None:
     from bridge.store.migrate import current_revision, head_revision
 
     settings = load(config)
-    rev = run_async(lambda: with_db(settings, current_revision))
+    rev = run_async(lambda: with_db(settings, current_revision, check_schema=False))
     head = head_revision()
     state = "up to date" if rev == head else "needs 'bridge db upgrade'"
     out.print(f"current: {rev or 'empty'}  head: {head}  ({state})")

@@ -6,11 +6,12 @@ the name in ``BRIDGE_OPERATOR``), so "who released this conversation" has an ans
 
 from __future__ import annotations
 
-__all__ = ["consent_app", "handoff_app", "register"]
+__all__ = ["consent_app", "handoff_app", "register", "templates_app"]
 
 import csv
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -184,5 +185,93 @@ def report(
 def register(app: typer.Typer) -> None:
     """Attach these commands to the main ``bridge`` app."""
     app.add_typer(handoff_app, name="handoff")
+    app.add_typer(templates_app, name="templates")
     app.add_typer(consent_app, name="consent")
     app.command("report")(report)
+
+
+templates_app = typer.Typer(
+    help="WhatsApp templates: read them from the WhatsApp Business Account and check that "
+    "every message the bridge sends matches an approved template.", no_args_is_help=True)
+
+
+def _mappings(settings: Any) -> Any:
+    from bridge.engine.mappings import MappingSet
+
+    folder = settings.engine.mappings_dir
+    return MappingSet.load(Path(folder)) if folder else MappingSet.default()
+
+
+def _print_mismatches(mismatches: list[Any]) -> None:
+    table = Table("template", "language", "problem", "expected", "found")
+    for m in mismatches:
+        table.add_row(m.name, m.language, m.kind, m.expected, m.found)
+    out.print(table)
+
+
+@templates_app.command("sync")
+def templates_sync(config: ConfigOption = None) -> None:
+    """Read the account's templates into the store, then check the mappings against them.
+
+    Exits 1 when a mapping has no matching approved template.
+    """
+    from contextlib import AsyncExitStack
+
+    from bridge.bootstrap import load_plugins
+    from bridge.engine.templates import TemplateStatuses
+    from bridge.logging import get_logger
+    from bridge.store import AuditLog
+    from bridge.store.kv import KvState
+    from bridge.whatsapp import sync_templates
+
+    settings = load(config)
+    specs = _mappings(settings).template_specs()
+
+    async def body(db: Any) -> tuple[int, list[Any]]:
+        clock = SystemClock()
+        _, channels = load_plugins(settings, clock, db)
+        channel = channels.get("whatsapp")
+        if channel is None:
+            raise fail(RET_CONFIG, "no WhatsApp channel configured ([bridge] channel)")
+        async with AsyncExitStack() as stack:
+            await channel.start(stack)  # type: ignore[attr-defined]
+            templates, mismatches = await sync_templates(channel.client, specs)  # type: ignore[attr-defined]
+        statuses = TemplateStatuses(KvState(db, clock, "templates"), clock,
+                                    AuditLog(db, clock), get_logger())
+        await statuses.record_sync(templates)
+        return len(templates), mismatches
+
+    count, mismatches = run_async(lambda: with_db(settings, body))
+    out.print(f"read {count} template(s) from the account")
+    if mismatches:
+        _print_mismatches(mismatches)
+        raise typer.Exit(1)
+    out.print("[green]every mapped message has its approved template[/]")
+
+
+@templates_app.command("check")
+def templates_check(config: ConfigOption = None) -> None:
+    """Compare every mapping with the templates read by the last sync; exit 1 on a mismatch."""
+    from bridge.engine.templates import TemplateStatuses
+    from bridge.logging import get_logger
+    from bridge.store import AuditLog
+    from bridge.store.kv import KvState
+    from bridge.whatsapp import check_templates
+
+    settings = load(config)
+    specs = _mappings(settings).template_specs()
+
+    async def body(db: Any) -> list[Any] | None:
+        clock = SystemClock()
+        statuses = TemplateStatuses(KvState(db, clock, "templates"), clock,
+                                    AuditLog(db, clock), get_logger())
+        snapshot = await statuses.snapshot()
+        return None if snapshot is None else check_templates(specs, snapshot)
+
+    mismatches = run_async(lambda: with_db(settings, body))
+    if mismatches is None:
+        raise fail(RET_CONFIG, "no templates stored yet: run 'bridge templates sync' first")
+    if mismatches:
+        _print_mismatches(mismatches)
+        raise typer.Exit(1)
+    out.print(f"[green]{len(specs)} mapped template(s) match the account[/]")

@@ -35,6 +35,7 @@ from bridge.config import Settings, load_settings
 from bridge.errors import (
     BridgeError,
     ConfigError,
+    ConfigProblem,
     ListenerUnavailable,
     NotFound,
     PluginError,
@@ -106,14 +107,29 @@ def setup_logging(settings: Settings) -> None:
                       secrets=settings.secrets.values())
 
 
-async def with_db(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the database (exit 3 when unreachable), run ``body(db)``, close it."""
+async def with_db(
+    settings: Settings, body: Callable[[Any], Awaitable[T]], *, check_schema: bool = True
+) -> T:
+    """Open the database (exit 3 when unreachable), check its schema, run ``body(db)``.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached.
+        ConfigError: the schema is missing or behind (the fix: ``bridge db upgrade``).
+    """
     from bridge.store import Database
+    from bridge.store.migrate import current_revision, head_revision
 
     db = Database(settings.sqlalchemy_url)
     try:
         if not await db.ping():
             raise StoreUnavailable(db.redacted_url, "cannot connect")
+        if check_schema:
+            current, head = await current_revision(db), head_revision()
+            if current != head:
+                raise ConfigError([ConfigProblem(
+                    db.redacted_url, "schema",
+                    f"database schema is at {current or 'nothing'}, this bridge needs {head}: "
+                    "run 'bridge db upgrade' (or start the daemon once)")])
         return await body(db)
     finally:
         await db.dispose()

@@ -13,6 +13,7 @@ __all__ = ["Engine"]
 
 import secrets as pysecrets
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,20 @@ from bridge.engine.planner import Planner
 from bridge.engine.processor import Handler
 from bridge.engine.render import Renderer
 from bridge.engine.replies import ReplyHandler
+from bridge.engine.templates import TemplateStatuses
 from bridge.engine.tokens import PortalTokens, ReplyTokens
-from bridge.ports import Channel, Clock, Connector
+from bridge.errors import SendHeld
+from bridge.logging import get_logger
+from bridge.ports import AcquiredRow, Channel, Clock, Connector, Notification
 from bridge.store import AuditLog, Database, SqlOutbox
 from bridge.store.appointments import AppointmentStore
 from bridge.store.consent import ConsentLedger
 from bridge.store.conversations import Conversations
+from bridge.store.kv import KvState
 from bridge.store.tables import kv
+
+#: How long a send of a paused or disabled template waits before it is looked at again.
+_TEMPLATE_HOLD = timedelta(minutes=15)
 
 
 async def signing_key(db: Database, clock: Clock, name: str, configured: str | None) -> bytes:
@@ -115,6 +123,10 @@ class Engine:
         self.followups = FollowUps(
             clock=clock, outbox=outbox, audit=audit, conversations=self.conversations
         )
+        self.templates = TemplateStatuses(
+            KvState(db, clock, "templates"), clock, audit, get_logger(component="templates")
+        )
+        self._clock = clock
         self._channels: dict[str, Channel] = {
             f"ehr:{name}": EhrChannel(connector) for name, connector in connectors.items()
         }
@@ -166,7 +178,24 @@ class Engine:
         handlers: dict[str, Any] = dict(self.planner.handlers())
         handlers["reply.received"] = self.replies.on_reply
         handlers["status.updated"] = self.delivery.on_status
+        handlers["template.status_changed"] = self.templates.on_status_changed
         return handlers
+
+    async def prepare(self, row: AcquiredRow) -> Notification:
+        """The relay's hook: render the row, then hold it if Meta paused its template.
+
+        Raises:
+            SkipNotification, MappingError: from the renderer.
+            SendHeld: the template is paused or disabled; tried again later, no attempt used.
+        """
+        notification = await self.renderer.prepare(row)
+        if notification.kind == "template":
+            name = str(notification.content.get("name"))
+            language = str(notification.content.get("language"))
+            if status := await self.templates.blocked(name, language):
+                raise SendHeld(f"template_{status.lower()}",
+                               self._clock.now() + _TEMPLATE_HOLD, self._clock.now())
+        return notification
 
     def channels(self) -> dict[str, Channel]:
         """The EHR-command and staff channels the relay sends on, besides WhatsApp."""

@@ -71,7 +71,7 @@ class Harness:
         self.relay = Relay(outbox=self.outbox,
                            channels={"whatsapp": self.channel, **self.engine.channels()},
                            clock=self.clock, settings=RelaySettings(), metrics=Metrics(),
-                           log=get_logger(), prepare=self.engine.renderer.prepare,
+                           log=get_logger(), prepare=self.engine.prepare,
                            after_release=self.engine.followups)
         self.processor = EventProcessor(self.db, self.clock, self.engine.handlers(), Metrics(),
                                         get_logger())
