@@ -99,7 +99,8 @@ class Bridge:
                                               release_handoff=self._admin_release)]
         return create_app(metrics=self.metrics, readiness=self.readiness, extra_routes=routes,
                           refresh_metrics=self.refresh_metrics,
-                          max_body_bytes=http.max_body_bytes, metrics_guard=guard)
+                          max_body_bytes=http.max_body_bytes, metrics_guard=guard,
+                          body_timeout=http.body_timeout_seconds)
 
     async def _admin_status(self) -> dict[str, object]:
         summary = await status_summary(self.db)

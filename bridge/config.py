@@ -89,6 +89,8 @@ class HttpSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     #: request bodies above this size get 413 (Meta sends up to 3 MB)
     max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    #: a request body must arrive within this many seconds (slow clients get 408)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     #: whether /metrics needs an admin token even on loopback
     metrics_require_token: bool = False
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = ["BodyLimit", "Readiness", "create_app"]
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,16 +50,20 @@ class Readiness:
 
 
 class BodyLimit:
-    """ASGI middleware answering 413 to request bodies over ``max_bytes``.
+    """ASGI middleware answering 413 to request bodies over ``max_bytes`` and 408 to bodies
+    that take longer than ``timeout`` seconds to arrive.
 
     It counts bytes as they arrive, so a client that lies in Content-Length or streams forever is
-    cut off too, and nothing larger than the limit is ever buffered.
+    cut off too, and nothing larger than the limit is ever buffered; a slow-loris client holds
+    one request for at most ``timeout`` seconds and never delays any other connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics,
+                 timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,36 +73,53 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
-        received = 0
-        too_large = False
+        # Read the whole body here, bounded in size and time, then replay it: the app never
+        # sees a request it would have to abandon half-way (webhooks are signed over every byte).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                await self._refuse(send, slow=True)
+                return
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._refuse(send)
+        await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        self.metrics.http_rejected.labels("body_too_large").inc()
-        response = JSONResponse({"error": "body_too_large", "limit_bytes": self.max_bytes},
-                                status_code=413)
+    async def _refuse(self, send: Send, *, slow: bool = False) -> None:
+        reason = "body_too_slow" if slow else "body_too_large"
+        self.metrics.http_rejected.labels(reason).inc()
+        detail: dict[str, object] = (
+            {"error": reason, "limit_seconds": self.timeout} if slow
+            else {"error": reason, "limit_bytes": self.max_bytes})
+        response = JSONResponse(detail, status_code=408 if slow else 413)
         await response(
             {"type": "http", "method": "POST", "headers": []},
             _empty_receive, send,
         )
 
 
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _empty_receive() -> Message:
@@ -112,6 +134,7 @@ def create_app(
     refresh_metrics: Callable[[], Awaitable[None]] | None = None,
     max_body_bytes: int = 3 * 1024 * 1024,
     metrics_guard: Callable[[Request], Response | None] | None = None,
+    body_timeout: float = 30.0,
 ) -> ASGIApp:
     """Build the ASGI app.
 
@@ -157,4 +180,4 @@ def create_app(
         *extra_routes,
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
-    return BodyLimit(app, max_body_bytes, metrics)
+    return BodyLimit(app, max_body_bytes, metrics, body_timeout)

@@ -95,3 +95,25 @@ class TestCommands:
         result = run_cli("check-config", "--config", str(path))
         assert result.returncode == 2
         assert "http.port" in result.stderr and "relay.batch_size" in result.stderr
+
+
+class TestSlowClients:
+    def test_a_slow_body_gets_408_while_other_clients_are_served(self, tmp_path):
+        import socket as sockets
+
+        port = free_port()  # the webhook route reads bodies; its channel needs the sandbox
+        config = (f"[http]\nbody_timeout_seconds = 1.0\n[sandbox]\nport = {port}\n"
+                  f'[whatsapp]\nbase_url = "http://127.0.0.1:{port}"\n')
+        with running_daemon(tmp_path, config=config) as daemon:
+            daemon.wait_ready()
+            with sockets.create_connection(("127.0.0.1", daemon.http_port), timeout=10) as slow:
+                slow.sendall(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 1000\r\n\r\n{")
+                # meanwhile another client is served at once
+                started = time.monotonic()
+                assert httpx.get(f"{daemon.url}/healthz").status_code == 200
+                assert time.monotonic() - started < 0.5
+                reply = slow.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408")
+            metrics = httpx.get(f"{daemon.url}/metrics").text
+            assert 'bridge_http_rejected_total{reason="body_too_slow"} 1.0' in metrics
