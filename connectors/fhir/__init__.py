@@ -418,6 +418,11 @@ class FhirConnector:
             about=about, patient_id=patient_id, wamid=wamid, status=status, sent=sent
         )
 
+    @property
+    def poll_interval_seconds(self) -> float:
+        """How often the daemon's scheduler calls :meth:`poll_once` (0: never)."""
+        return self.settings.poll_interval_seconds
+
     async def poll_once(self) -> int:
         """Poll every configured type once (APScheduler calls this); returns resources stored.
 

@@ -49,6 +49,7 @@ CONFIG_KEYS: dict[str, tuple[Any, str]] = {
     "poll_types": (["Appointment", "DiagnosticReport"], "resource types polled"),
     "poll_page_size": (100, "_count per page"),
     "poll_lookback_hours": (24.0, "first poll starts this far back when there is no cursor"),
+    "poll_interval_seconds": (60.0, "how often the daemon polls for changes; 0 = never"),
     "notify_header": ("Authorization", "header carrying the subscription secret"),
     "notify_base_url": (None, "URL where the server reaches our /fhir/notify/{id}"),
     "subscriptions": (
@@ -112,6 +113,7 @@ class FhirSettings:
     poll_types: tuple[str, ...] = ("Appointment", "DiagnosticReport")
     poll_page_size: int = 100
     poll_lookback_hours: float = 24.0
+    poll_interval_seconds: float = 60.0
     notify_header: str = "Authorization"
     notify_base_url: str | None = None
     subscriptions: tuple[SubscriptionSettings, ...] = ()
@@ -300,6 +302,7 @@ def parse_settings(section: Mapping[str, Any], context: PluginContext) -> FhirSe
         poll_types=tuple(str(t) for t in poll_types if t in _POLLABLE),
         poll_page_size=int(numbers["poll_page_size"] or 100),
         poll_lookback_hours=float(numbers["poll_lookback_hours"] or 24.0),
+        poll_interval_seconds=_poll_interval(c),
         notify_header=c.get("notify_header", str, "Authorization"),
         notify_base_url=_url(c, "notify_base_url", required=False),
         subscriptions=_subscriptions(c),
@@ -309,3 +312,12 @@ def parse_settings(section: Mapping[str, Any], context: PluginContext) -> FhirSe
     if c.problems:
         raise ConfigError(c.problems)
     return settings
+
+
+def _poll_interval(c: Any) -> float:
+    value = c.get("poll_interval_seconds", (int, float), 60.0)
+    if value is None:
+        return 60.0
+    if value < 0:
+        c.problem("poll_interval_seconds", "must be 0 (never) or positive")
+    return float(value)
