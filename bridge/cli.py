@@ -58,6 +58,20 @@ app.add_typer(audit_app, name="audit")
 register_operator_commands(app)
 
 
+@app.command("demo")
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo's data folder afterwards.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Where the demo keeps its throw-away database (default: a temporary folder).")] = None,
+) -> None:
+    """The whole loop on this machine in under a minute: a simulated HIS books appointments over
+    MLLP, simulated patients confirm, cancel, reschedule, opt out and ask for a person on the
+    WhatsApp sandbox, and the `bridge report` table is read back from the database."""
+    from bridge.demo import demo_command
+
+    raise typer.Exit(demo_command(keep=keep, data_dir=data_dir))
+
+
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the bridge daemon (HTTP, connectors, relay) until SIGTERM or Ctrl-C.

@@ -29,11 +29,11 @@ retries later and dead-letters after its own limit.
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = ["MllpClient", "OutboundSender", "build_decision"]
 
 import asyncio
-import itertools
-import os
 import time
 from datetime import datetime
 from typing import Any
@@ -58,8 +58,14 @@ CONNECTOR = "hl7v2"
 START = b"\x0b"
 END = b"\x1c\r"
 
-_counter = itertools.count(1)
-_PREFIX = f"BRG{os.getpid() % 100000:05d}{int(time.time()) % 1000000:06d}"
+
+def control_id_for(command: SchedulingCommand) -> str:
+    """MSH-10 of a decision: derived from the command id, so the same decision resent after a
+    crash (its outbox row was still leased) carries the same control id and the HIS can
+    recognise the duplicate, as HIS interfaces dedupe on MSH-10. 20 characters: the HL7 ST
+    length of MSH-10 in v2.3-2.5."""
+    digest = hashlib.sha256(command.command_id.encode()).hexdigest()
+    return f"BRG{digest[:17].upper()}"
 
 
 class _NoAnswer(Exception):
@@ -112,7 +118,7 @@ def build_decision(command: SchedulingCommand, settings: OutboundSettings) -> tu
         raise EHRRejected(CONNECTOR, "unsupported", f"no HL7 message for {command.kind}")
     family, event = kind.split("^")
     version = settings.version
-    control_id = f"{_PREFIX}{next(_counter)}"
+    control_id = control_id_for(command)
     structure = "SRM_S01" if family == "SRM" else "SIU_S12"
     msg = ApyMessage(structure, version=version)
     msh = msg.msh
