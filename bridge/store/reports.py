@@ -41,6 +41,7 @@ class ClinicReport:
     opt_outs: int = 0
     handoffs: int = 0
     reply_seconds: list[float] = field(default_factory=list)
+    ratings: list[int] = field(default_factory=list)
 
     @property
     def median_reply_minutes(self) -> float | None:
@@ -60,6 +61,8 @@ class ClinicReport:
             "handoffs": self.handoffs,
             "median_reply_min": self.median_reply_minutes
             if self.median_reply_minutes is not None else "-",
+            "survey_n": len(self.ratings),
+            "survey_avg": round(statistics.mean(self.ratings), 2) if self.ratings else "-",
         }
 
 
@@ -80,6 +83,10 @@ async def build_report(db: Database, since: datetime, until: datetime) -> list[C
         handoffs = (await conn.execute(
             select(audit.c.subject).where(audit.c.action == "handoff", audit.c.at >= since,
                                           audit.c.at < until))).scalars().all()
+        ratings = (await conn.execute(
+            select(audit.c.subject, audit.c.detail).where(
+                audit.c.action == "survey.rating", audit.c.at >= since, audit.c.at < until))
+        ).all()
         first_reminder: dict[str, datetime] = {}
         for sent in (await conn.execute(
                 select(outbox.c.subject_key, outbox.c.sent_at)
@@ -128,4 +135,8 @@ async def build_report(db: Database, since: datetime, until: datetime) -> list[C
     for subject in handoffs:
         address = (subject or "").removeprefix("address:")
         report_for(address_clinic.get(address, "-")).handoffs += 1
+    for rated in ratings:
+        value = str((rated.detail or {}).get("rating") or "")
+        if value.isdigit() and 1 <= int(value) <= 5:
+            report_for(clinics.get(rated.subject or "", "-")).ratings.append(int(value))
     return sorted(reports.values(), key=lambda rep: rep.clinic)

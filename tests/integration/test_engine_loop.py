@@ -301,3 +301,45 @@ class TestResults:
         [url_button] = [b for b in sent.content["buttons"] if b["sub_type"] == "url"]
         assert h.engine.portal.verify(url_button["text"], NOW) == "ORD77"
         assert "ORD77" not in str(sent.content)
+
+
+class TestSurvey:
+    async def test_a_fulfilled_appointment_gets_a_rating_question_counted_in_the_report(
+            self, sqlite_db):
+        """Inside the 24 h window the survey is an interactive list (no template needed)."""
+        await self._rated(sqlite_db)
+
+    async def test_outside_the_window_the_survey_is_skipped_not_rejected_by_meta(
+            self, sqlite_db):
+        async with AsyncExitStack() as stack:
+            h = await Harness(sqlite_db, stack, survey_enabled=True).start()
+            from bridge.domain import AppointmentUpdated
+
+            await h.ingest(booked())
+            await h.ingest(booked(cls=AppointmentUpdated, status="fulfilled"))
+            await h.later(timedelta(hours=3))
+            assert [n.kind for n in h.channel.sent] == []
+            async with h.db.read() as conn:
+                skipped = (await conn.execute(select(outbox.c.last_error)
+                                              .where(outbox.c.kind == "survey"))).scalar_one()
+            assert skipped == "window_closed"
+
+    async def _rated(
+            self, sqlite_db):
+        from bridge.domain import AppointmentUpdated
+        from bridge.store.reports import build_report
+
+        async with AsyncExitStack() as stack:
+            h = await Harness(sqlite_db, stack, survey_enabled=True).start()
+            await h.ingest(booked())
+            await h.text("confirmo")  # the patient wrote today: the 24 h window is open
+            await h.ingest(booked(cls=AppointmentUpdated, status="fulfilled"))
+            await h.later(timedelta(hours=3))
+            survey = h.last("list")
+            rows = survey.content["sections"][0]["rows"]
+            await h.tap(next(r["id"] for r in rows if r["id"].endswith("~5")))
+            report = await build_report(sqlite_db, NOW - timedelta(days=1),
+                                        NOW + timedelta(days=9))
+            by_clinic = {r.clinic: r for r in report}
+            assert by_clinic["Sede Norte"].ratings == [5]
+            assert by_clinic["Sede Norte"].row()["survey_avg"] == 5
