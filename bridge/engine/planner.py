@@ -136,7 +136,7 @@ class Planner:
         status = _STATUS_BY_TYPE.get(evt.type, evt.appointment.status)
         if status != evt.appointment.status:
             evt = replace(evt, appointment=replace(evt.appointment, status=status))
-        previous = await self._appointments.upsert(subject, evt)
+        previous, record = await self._appointments.upsert(subject, evt)
         info = evt.appointment
         now = self._clock.now()
         moved = previous is not None and previous.info.start != info.start
@@ -153,8 +153,7 @@ class Planner:
             await self._plan_survey(subject, evt)
         if info.status != "booked" or info.start is None or info.start <= now:
             return None
-        record = await self._appointments.get(subject)
-        address = record.patient.phone if record else None
+        address = record.patient.phone
         if address is None or not evt.patient.contact_allowed:
             await self._audit.append(
                 "engine",
@@ -163,7 +162,7 @@ class Planner:
                 {"reason": "no_phone" if address is None else "contact_not_allowed"},
             )
             return None
-        language = record.patient.language if record else None
+        language = record.patient.language
         rows = [
             message_row(
                 kind="reminder",

@@ -18,25 +18,25 @@ recorded yet).
 
 from __future__ import annotations
 
-__all__ = ["HOLD", "EventProcessor", "Handler"]
+__all__ = ["HOLD", "STORE_ONLY_TYPES", "EventProcessor", "Handler"]
 
 import asyncio
 import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from structlog.typing import FilteringBoundLogger
 
 from bridge.domain import Event
 from bridge.metrics import Metrics
 from bridge.ports import Clock
-from bridge.store.database import Database
+from bridge.store.database import Database, UnitOfWork
 from bridge.store.tables import event, kv
 
 #: Returned by a handler that wants the event retried later.
@@ -52,6 +52,23 @@ _HOLD_FOR = timedelta(minutes=10)
 #: A held event that outlived ``_HOLD_FOR`` stays ``held`` for operators but is not retried.
 _GIVEN_UP = timedelta(days=3650)
 _LEADER_KEY = "engine.event-processor.leader"
+#: Event types whose handlers (planner, delivery) do store work only, so they may share a unit
+#: of work: a unit holds SQLite's writer, which must never wait on the network.
+STORE_ONLY_TYPES = frozenset(
+    {
+        "appointment.booked",
+        "appointment.rescheduled",
+        "appointment.updated",
+        "appointment.cancelled",
+        "appointment.deleted",
+        "appointment.noshow",
+        "result.available",
+        "patient.updated",
+        "status.updated",
+    }
+)
+#: Ingest counts as busy for this long after its last group commit.
+_BUSY_WINDOW = 0.05
 
 
 class EventProcessor:
@@ -63,6 +80,14 @@ class EventProcessor:
         handlers: handler per event type; events of other types are marked done.
         metrics: counts processed events.
         log: a bound logger.
+        batch_size: events per tick.
+        idle_seconds: wait after a tick that found nothing.
+        gather_seconds: wait after a short batch, so the next tick finds more than one event.
+        busy_batch: events per tick while the inbox is committing (senders wait for ACKs).
+        busy_pause_seconds: wait between such ticks; the loop and the writer go to ingest.
+        shared_types: event types whose handlers only use the store; they share one unit of
+            work per batch. Others (a reply may ask the EHR for free slots over HTTP) run
+            outside any unit, so the SQLite writer is never held across a network call.
     """
 
     def __init__(
@@ -75,6 +100,10 @@ class EventProcessor:
         *,
         batch_size: int = 200,
         idle_seconds: float = 0.1,
+        gather_seconds: float = 0.02,
+        busy_batch: int = 25,
+        busy_pause_seconds: float = 0.05,
+        shared_types: Collection[str] = STORE_ONLY_TYPES,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -83,6 +112,10 @@ class EventProcessor:
         self._log = log
         self._batch = batch_size
         self._idle = idle_seconds
+        self._gather = gather_seconds
+        self._busy_batch = busy_batch
+        self._busy_pause = busy_pause_seconds
+        self._shared = frozenset(shared_types)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._leading_until: Any = None
 
@@ -95,60 +128,119 @@ class EventProcessor:
                 self._log.error("events.tick_failed", error=type(exc).__name__)
                 handled = 0
             if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._idle)
+                pause = self._idle
+            elif self._db.urgent_within(_BUSY_WINDOW):
+                # Ingest is busy: acknowledging senders goes first. Events are durable and
+                # wait; a small bite now and then keeps them moving without taking the loop.
+                pause = self._busy_pause
+            elif handled < self._batch:
+                # The queue is drained: wait, so the next tick finds a batch worth its fixed
+                # cost instead of chasing every single message.
+                pause = self._gather
+            else:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
 
     async def tick(self) -> int:
-        """Handle one batch of pending events if this process leads. Returns how many."""
+        """Handle one batch of pending events if this process leads. Returns how many.
+
+        The batch runs in units of work (:meth:`bridge.store.Database.unit_of_work`): every
+        store call of its handlers joins one transaction, each event inside a savepoint so a
+        failing handler undoes only its own writes, and the events' outcomes are written in
+        the same transaction. A unit ends early when the inbox waits for the SQLite writer
+        lock, so acknowledgements never queue behind a whole batch. A crash before a unit
+        commits replays its events, which the idempotent handlers allow.
+        """
         if not await self._lead():
             return 0
         now = self._clock.now()
+        # While senders are waiting for ACKs, take small bites (see run()).
+        limit = self._busy_batch if self._db.urgent_within(_BUSY_WINDOW) else self._batch
         async with self._db.read() as conn:
-            rows = (await conn.execute(
-                select(event.c.seq, event.c.payload, event.c.state, event.c.occurred_at)
-                .where(or_(event.c.state == "pending",
-                           and_(event.c.state == "held", event.c.lease_expires_at <= now)))
-                .order_by(event.c.seq).limit(self._batch)
-            )).all()
-        for row in rows:
-            await self._handle(row.seq, row.payload, row.state, row.occurred_at)
+            rows = (
+                await conn.execute(
+                    select(event.c.seq, event.c.payload, event.c.occurred_at)
+                    .where(
+                        or_(
+                            event.c.state == "pending",
+                            and_(event.c.state == "held", event.c.lease_expires_at <= now),
+                        )
+                    )
+                    .order_by(event.c.seq)
+                    .limit(limit)
+                )
+            ).all()
+        done = 0
+        while done < len(rows):
+            row = rows[done]
+            if not self._may_share(row.payload):
+                # its handler may wait on the network: no unit may hold the writer for it
+                outcome = await self._handle(None, row.seq, row.payload, row.occurred_at)
+                await self._finish([outcome])
+                done += 1
+                continue
+            async with self._db.unit_of_work() as unit:
+                outcomes: list[dict[str, Any]] = []
+                while done < len(rows) and not (outcomes and unit.contended):
+                    row = rows[done]
+                    if not self._may_share(row.payload):
+                        break
+                    outcomes.append(await self._handle(unit, row.seq, row.payload, row.occurred_at))
+                    done += 1
+                    # Statements run inline on SQLite: let the loop read frames (and the
+                    # inbox ask for the lock) between two events.
+                    await asyncio.sleep(0)
+                await self._finish(outcomes)
         return len(rows)
 
-    async def _handle(self, seq: int, payload: dict[str, Any], state: str, occurred: Any) -> None:
+    def _may_share(self, payload: Any) -> bool:
+        return isinstance(payload, dict) and payload.get("type") in self._shared
+
+    async def _handle(
+        self, unit: UnitOfWork | None, seq: int, payload: dict[str, Any], occurred: Any
+    ) -> dict[str, Any]:
+        now = self._clock.now()
         try:
             evt = Event.unmarshal(payload)
         except (KeyError, ValueError, TypeError) as exc:
-            await self._finish(seq, "failed", f"unreadable event: {type(exc).__name__}")
-            return
+            return _outcome(seq, "failed", now, f"unreadable event: {type(exc).__name__}")
         handler = self._handlers.get(evt.type)
         result: str | None = None
         if handler is not None:
             try:
-                result = await handler(evt)
+                # in a unit, a failure undoes this event's writes only
+                async with unit.savepoint() if unit else contextlib.nullcontext():
+                    result = await handler(evt)
             except Exception as exc:  # noqa: BLE001 - isolate one poison event
                 self._metrics.events_processed.labels(evt.type, "failed").inc()
-                self._log.error("events.handler_failed", event_id=evt.event_id, type=evt.type,
-                                error=type(exc).__name__)
-                await self._finish(seq, "failed", type(exc).__name__)
-                return
-        if result == HOLD and self._clock.now() - occurred < _HOLD_FOR:
+                self._log.error(
+                    "events.handler_failed",
+                    event_id=evt.event_id,
+                    type=evt.type,
+                    error=type(exc).__name__,
+                )
+                return _outcome(seq, "failed", now, type(exc).__name__)
+        if result == HOLD:
             self._metrics.events_processed.labels(evt.type, "held").inc()
-            await self._finish(seq, "held", None, retry_in=timedelta(seconds=5))
-            return
+            retry = timedelta(seconds=5) if now - occurred < _HOLD_FOR else _GIVEN_UP
+            return _outcome(seq, "held", now, None, now + retry)
         self._metrics.events_processed.labels(evt.type, "done").inc()
-        await self._finish(seq, "done" if result != HOLD else "held", None)
+        return _outcome(seq, "done", now, None)
 
-    async def _finish(
-        self, seq: int, state: str, error: str | None, retry_in: timedelta | None = None
-    ) -> None:
-        now = self._clock.now()
-        values: dict[str, Any] = {"state": state, "error": error, "processed_at": now}
-        if retry_in is not None:
-            values["lease_expires_at"] = now + retry_in
-        elif state == "held":
-            values["lease_expires_at"] = now + _GIVEN_UP
+    async def _finish(self, outcomes: list[dict[str, Any]]) -> None:
+        stmt = (
+            update(event)
+            .where(event.c.seq == bindparam("b_seq"))
+            .values(
+                state=bindparam("b_state"),
+                error=bindparam("b_error"),
+                processed_at=bindparam("b_at", type_=event.c.processed_at.type),
+                lease_expires_at=bindparam("b_retry", type_=event.c.lease_expires_at.type),
+            )
+        )
         async with self._db.write() as conn:
-            await conn.execute(update(event).where(event.c.seq == seq).values(**values))
+            await conn.execute(stmt, outcomes)
 
     async def _lead(self) -> bool:
         """Take or renew the leader lease; True when this processor leads.
@@ -162,16 +254,25 @@ class EventProcessor:
         value = f"{self.owner}|{(now + _LEADER_LEASE).isoformat()}"
         insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
         async with self._db.write() as conn:
-            current = (await conn.execute(
-                select(kv.c.value).where(kv.c.name == _LEADER_KEY).with_for_update()
-            )).scalar_one_or_none()
+            current = (
+                await conn.execute(
+                    select(kv.c.value).where(kv.c.name == _LEADER_KEY).with_for_update()
+                )
+            ).scalar_one_or_none()
             if current is not None:
                 owner, _, expires = current.partition("|")
                 if owner != self.owner and expires > now.isoformat():
                     self._leading_until = None
                     return False
             stmt = insert(kv).values(name=_LEADER_KEY, value=value, updated_at=now)
-            await conn.execute(stmt.on_conflict_do_update(
-                index_elements=["name"], set_={"value": value, "updated_at": now}))
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"], set_={"value": value, "updated_at": now}
+                )
+            )
         self._leading_until = now + _LEADER_LEASE
         return True
+
+
+def _outcome(seq: int, state: str, at: Any, error: str | None, retry: Any = None) -> dict[str, Any]:
+    return {"b_seq": seq, "b_state": state, "b_error": error, "b_at": at, "b_retry": retry}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = ["Renderer"]
 
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,10 +144,7 @@ class Renderer:
             result = ResultInfo(id=str(payload.get("result_id", "")), status="final")
             expires = now + timedelta(hours=self._settings.portal_token_hours)
             portal_token = self._portal.issue(result.id, expires)
-        payloads = {
-            key: self._tokens.payload(intent, row.id, suffix)
-            for key, (intent, suffix) in _PAYLOAD_KEYS.items()
-        }
+        payloads = _LazyPayloads(self._tokens, row.id)
         slots_raw: list[dict[str, Any]] = list(payload.get("slots") or [])
         slots = [
             FreeSlot(
@@ -173,3 +171,29 @@ class Renderer:
         conversation = await self._conversations.get(address)
         last = conversation.last_inbound_at if conversation else None
         return last is not None and self._clock.now() - last < WINDOW
+
+
+class _LazyPayloads(Mapping[str, str]):
+    """The button payloads of one row, each signed only when a template asks for it.
+
+    A message uses two or three of the ten intents; signing all of them for every row was a
+    visible share of the relay's time per send.
+    """
+
+    def __init__(self, tokens: ReplyTokens, outbox_id: int) -> None:
+        self._tokens = tokens
+        self._outbox_id = outbox_id
+        self._issued: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        value = self._issued.get(key)
+        if value is None:
+            intent, suffix = _PAYLOAD_KEYS[key]  # KeyError for an unknown key, as a dict does
+            value = self._issued[key] = self._tokens.payload(intent, self._outbox_id, suffix)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_PAYLOAD_KEYS)
+
+    def __len__(self) -> int:
+        return len(_PAYLOAD_KEYS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.domain import AppointmentEvent, AppointmentInfo, PatientInfo
@@ -79,11 +79,10 @@ class AppointmentStore:
             "last_event_id": evt.event_id,
             "updated_at": self._clock.now(),
         }
-        insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
-        stmt = insert(appointment).values(subject_key=subject_key, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=["subject_key"], set_=values)
         async with self._db.write() as conn:
-            await conn.execute(stmt)
+            await conn.execute(
+                _upsert_statement(self._db.is_sqlite), {"subject_key": subject_key, **values}
+            )
         current = AppointmentRecord(
             subject_key=subject_key,
             connector=evt.source.connector,
@@ -101,12 +100,8 @@ class AppointmentStore:
 
     async def get(self, subject_key: str) -> AppointmentRecord | None:
         """The record, or None."""
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(appointment).where(appointment.c.subject_key == subject_key)
-                )
-            ).one_or_none()
+        async with self._db.lookup() as conn:
+            row = (await conn.execute(_BY_SUBJECT, {"subject_key": subject_key})).one_or_none()
         return _record(row) if row is not None else None
 
     async def upcoming_for(self, address: str, now: datetime) -> list[AppointmentRecord]:
@@ -150,3 +145,23 @@ def _record(r: Row[Any]) -> AppointmentRecord:
     return AppointmentRecord(
         subject_key=r.subject_key, connector=r.connector, info=info, patient=patient
     )
+
+
+#: Built once: building the upsert cost more than running it.
+_UPSERT: dict[bool, Any] = {}
+_BY_SUBJECT = select(appointment).where(appointment.c.subject_key == bindparam("subject_key"))
+
+
+def _upsert_statement(is_sqlite: bool) -> Any:
+    """Insert-or-update of every column but the key, from the row's own values."""
+    stmt = _UPSERT.get(is_sqlite)
+    if stmt is None:
+        insert = (sqlite.insert if is_sqlite else postgresql.insert)(appointment)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["subject_key"],
+            set_={
+                c.name: insert.excluded[c.name] for c in appointment.c if c.name != "subject_key"
+            },
+        )
+        _UPSERT[is_sqlite] = stmt
+    return stmt

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from bridge.ports import Clock
 from bridge.store.database import Database
@@ -69,16 +69,8 @@ class ConsentLedger:
 
     async def opted_out(self, address: str) -> bool:
         """True when the latest entry for ``address`` is an opt-out."""
-        async with self._db.read() as conn:
-            action = (
-                await conn.execute(
-                    select(consent.c.action)
-                    .where(consent.c.address == address)
-                    .order_by(consent.c.recorded_at.desc(), consent.c.id.desc())
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-        return action == "opt_out"
+        rows = await self._db.fetch_plain(_LATEST, {"address": address})
+        return bool(rows) and rows[0][0] == "opt_out"
 
     async def export(self) -> AsyncIterator[ConsentEntry]:
         """Every entry, oldest first."""
@@ -88,3 +80,12 @@ class ConsentLedger:
                 yield ConsentEntry(
                     r.address, r.action, r.source, r.channel, r.evidence, r.recorded_at
                 )
+
+
+#: Built once (the relay asks for every row it sends).
+_LATEST = (
+    select(consent.c.action)
+    .where(consent.c.address == bindparam("address"))
+    .order_by(consent.c.recorded_at.desc(), consent.c.id.desc())
+    .limit(1)
+)

@@ -7,7 +7,7 @@ __all__ = ["Conversation", "Conversations"]
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.ports import Clock
@@ -37,13 +37,9 @@ class Conversations:
 
     async def get(self, address: str) -> Conversation | None:
         """The conversation with ``address``, or None when the patient never wrote."""
-        async with self._db.read() as conn:
+        async with self._db.lookup() as conn:
             row = (
-                await conn.execute(
-                    select(conversation).where(
-                        conversation.c.channel == self._channel, conversation.c.address == address
-                    )
-                )
+                await conn.execute(_BY_ADDRESS, {"channel": self._channel, "address": address})
             ).one_or_none()
         if row is None:
             return None
@@ -126,3 +122,9 @@ class Conversations:
             )
             for r in rows
         ]
+
+
+#: Built once (the relay asks for rows outside templates).
+_BY_ADDRESS = select(conversation).where(
+    conversation.c.channel == bindparam("channel"), conversation.c.address == bindparam("address")
+)

@@ -4,16 +4,26 @@ SQLite is the embedded default (WAL mode, one writer at a time, so writes in thi
 an asyncio lock instead of spinning on ``database is locked``); PostgreSQL is the production store
 and the way to run several daemons. Connection failures become
 :class:`bridge.errors.StoreUnavailable`, so callers never see driver exceptions.
+
+On SQLite a write transaction runs its statements inline, on a plain ``sqlite3`` connection in
+the event loop's thread: a statement on a local WAL file takes microseconds, while a round trip
+to aiosqlite's thread cost more than the SQL (and fought the ingest thread for the GIL). Only the
+steps that can wait (``BEGIN IMMEDIATE`` behind another process, ``COMMIT`` with its fsync or
+checkpoint) go to a worker thread. :meth:`Database.unit_of_work` lets one caller (the event
+processor) share one such transaction across many store calls.
 """
 
 from __future__ import annotations
 
-__all__ = ["STORE_ERRORS", "Database"]
+__all__ = ["STORE_ERRORS", "Database", "UnitOfWork"]
 
 import asyncio
+import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +83,11 @@ class PriorityLock:
                 (self._urgent if urgent else self._ordinary).remove(future)
             raise
 
+    @property
+    def urgent_waiting(self) -> bool:
+        """True while an urgent waiter (the ACK path) is queued for the lock."""
+        return any(not f.done() for f in self._urgent)
+
     def _release(self) -> None:
         for queue in (self._urgent, self._ordinary):
             while queue:
@@ -114,6 +129,10 @@ class Database:
             kwargs.update(connect_args={"timeout": 30})
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._sync_engine: Engine | None = None
+        self._reader: Engine | None = None
+        self._reader_busy = False
+        self._urgent_at = -1e9
+        self._plain: dict[int, tuple[Any, str, Any, tuple[str, ...]]] = {}
         self._write_lock: PriorityLock | None = None
         self._urgent_sync = sqlite_synchronous.upper()
         if self.dialect == "sqlite":
@@ -155,12 +174,20 @@ class Database:
     async def write(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits when the block ends and rolls back on error.
 
+        Inside :meth:`unit_of_work` the block is a SAVEPOINT of the unit's transaction instead
+        (it sees the unit's earlier writes and commits with the unit).
+
         Args:
             urgent: on SQLite, go before ordinary writers (the inbox's ACK path).
 
         Raises:
             StoreUnavailable: the database cannot be reached or is locked too long.
         """
+        unit = self._unit()
+        if unit is not None and unit.connection is not None:
+            async with self._translate_errors(), unit.savepoint():
+                yield unit.connection
+            return
         if self._write_lock is None:
             async with self._translate_errors(), self.engine.begin() as conn:
                 yield conn
@@ -168,34 +195,92 @@ class Database:
         async with (
             self._write_lock.hold(urgent=urgent),
             self._translate_errors(),
-            self.engine.connect() as conn,
+            self._inline_transaction(urgent) as conn,
         ):
-            await conn.execution_options(sqlite_begin="IMMEDIATE")
-            strict = urgent and self._urgent_sync != "NORMAL"
-            if strict:
-                await self._set_synchronous(conn, self._urgent_sync)
-            try:
-                async with conn.begin():
-                    yield conn
-            finally:
-                if strict:  # the pooled connection goes back as every other one is
-                    await self._set_synchronous(conn, "NORMAL")
+            yield conn
 
-    async def write_batch(self, work: Callable[[Connection], T], *, urgent: bool = False) -> T:
-        """Run ``work(connection)`` in one transaction, in one call to a worker thread on SQLite.
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One write transaction that every :meth:`write` and :meth:`read` of this task joins.
 
-        The inbox's group commit uses this: through the async driver every statement is a
-        round trip to its thread, which cost more than the SQL itself; here the whole batch is
-        one. On PostgreSQL ``work`` runs through the async connection's ``run_sync``.
+        The event processor handles a batch of events in one unit: on SQLite that is one
+        ``BEGIN``/``COMMIT`` and no thread round trip per statement instead of a transaction
+        per store call. Each event runs in :meth:`UnitOfWork.savepoint`, so one failing
+        handler rolls back its own writes only. On PostgreSQL the unit shares nothing (every
+        store call keeps its own transaction, as before): several daemons' relays and audit
+        appends must not wait for a whole batch's row and advisory locks.
 
         Raises:
             StoreUnavailable: the database cannot be reached or is locked too long.
         """
         if self._write_lock is None:
+            yield UnitOfWork(self, None, None)
+            return
+        async with self.write() as conn:
+            unit = UnitOfWork(self, conn, self._write_lock)
+            token = _UNIT.set(unit)
+            try:
+                yield unit
+            finally:
+                unit.closed = True
+                _UNIT.reset(token)
+
+    def _unit(self) -> UnitOfWork | None:
+        """This task's open unit of work on this database, if any."""
+        unit = _UNIT.get()
+        if unit is None or unit.closed or unit.database is not self:
+            return None
+        return unit
+
+    @asynccontextmanager
+    async def _inline_transaction(self, urgent: bool) -> AsyncIterator[AsyncConnection]:
+        """``BEGIN IMMEDIATE`` and ``COMMIT`` in a worker thread, the statements inline."""
+        level = self._urgent_sync if urgent else "NORMAL"
+        sync_conn = self._sync_sqlite_engine().connect()
+        try:
+            transaction = await _in_thread(self._begin_immediate, sync_conn, level)
+            try:
+                yield _InlineConnection(self.engine, sync_conn)
+            except BaseException:
+                if transaction.is_active:
+                    transaction.rollback()
+                raise
+            await _in_thread(transaction.commit)
+        finally:
+            sync_conn.close()
+
+    @staticmethod
+    def _begin_immediate(conn: Connection, level: str) -> Any:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None  # noqa: S101 - a live pooled sqlite3 connection
+        raw.execute(f"PRAGMA synchronous={level}")  # outside any transaction
+        return conn.begin()
+
+    async def write_batch(self, work: Callable[[Connection], T], *, urgent: bool = False) -> T:
+        """Run ``work(connection)`` in one transaction, in one call to a worker thread on SQLite.
+
+        The inbox's group commit uses this: the whole batch, commit included, is one thread
+        call, so the event loop keeps reading frames while it runs. On PostgreSQL ``work`` runs
+        through the async connection's ``run_sync``.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or is locked too long.
+        """
+        if urgent:
+            self._urgent_at = time.monotonic()
+        if self._write_lock is None:
             async with self.write(urgent=urgent) as conn:
                 return await conn.run_sync(work)
         async with self._write_lock.hold(urgent=urgent), self._translate_errors():
-            return await asyncio.to_thread(self._sync_transaction, work, urgent)
+            return await _in_thread(self._sync_transaction, work, urgent)
+
+    def urgent_within(self, seconds: float) -> bool:
+        """True when an urgent batch (the inbox's ACK path) was written in the last ``seconds``.
+
+        Background work (the event processor) uses it to leave the event loop and the writer
+        to the senders while they are busy.
+        """
+        return time.monotonic() - self._urgent_at < seconds
 
     def _sync_transaction(self, work: Callable[[Connection], T], urgent: bool) -> T:
         engine = self._sync_sqlite_engine()
@@ -209,24 +294,34 @@ class Database:
 
     def _sync_sqlite_engine(self) -> Engine:
         if self._sync_engine is None:
-            path = self.url.split(":///", 1)[1]
-            engine = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0,
-                                   connect_args={"check_same_thread": False, "timeout": 30})
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-                dbapi_connection.isolation_level = None
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
-            @event.listens_for(engine, "begin")
-            def _on_begin(conn: Any) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-            self._sync_engine = engine
+            self._sync_engine = self._sqlite_engine(begin="IMMEDIATE")
         return self._sync_engine
+
+    def _sqlite_engine(self, *, begin: str) -> Engine:
+        """A plain (pysqlite) engine on the same file, one connection, ``BEGIN <begin>``."""
+        path = self.url.split(":///", 1)[1]
+        engine = create_engine(
+            f"sqlite:///{path}",
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(f"BEGIN {begin}")
+
+        return engine
 
     @staticmethod
     async def _set_synchronous(conn: AsyncConnection, level: str) -> None:
@@ -240,11 +335,86 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (a transaction is opened lazily and rolled back).
 
+        Inside :meth:`unit_of_work` it is the unit's connection, so reads see its writes.
+
         Raises:
             StoreUnavailable: the database cannot be reached.
         """
+        unit = self._unit()
+        if unit is not None and unit.connection is not None:
+            async with self._translate_errors():
+                yield unit.connection
+            return
         async with self._translate_errors(), self.engine.connect() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def lookup(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for short point reads by key (consent, an appointment, a conversation).
+
+        On SQLite the statements run inline on a plain ``sqlite3`` connection: in WAL mode a
+        reader never waits for a writer, and a read by primary or unique key costs
+        microseconds, far less than the round trip to aiosqlite's thread the relay paid for
+        every row it prepared. Not for scans or ``stream`` (use :meth:`read`). Inside
+        :meth:`unit_of_work` it is the unit's connection, as :meth:`read` is.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        unit = self._unit()
+        shared = unit is not None and unit.connection is not None
+        # One inline connection: a caller that awaits real I/O inside its block lets another
+        # lookup start, which then goes the ordinary way rather than wait for it.
+        if self._write_lock is None or shared or self._reader_busy:
+            async with self.read() as conn:
+                yield conn
+            return
+        self._reader_busy = True
+        try:
+            async with self._translate_errors():
+                with self._sync_reader().connect() as sync_conn:
+                    try:
+                        yield _InlineConnection(self.engine, sync_conn)
+                    finally:
+                        sync_conn.rollback()  # ends the read snapshot before the next lookup
+        finally:
+            self._reader_busy = False
+
+    async def fetch_plain(self, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Rows of a point read whose columns and parameters are plain strings and numbers.
+
+        On SQLite, outside a unit of work, the statement is compiled once and run straight on
+        ``sqlite3``: SQLAlchemy's per-execution work cost ten times the query the relay makes
+        for every row (the consent check). Values come back as the driver gives them, so only
+        use it where no type conversion applies (no JSON, booleans or timestamps).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        if self._write_lock is None or self._unit() is not None or self._reader_busy:
+            async with self.lookup() as conn:
+                return [tuple(row) for row in await conn.execute(statement, params)]
+        compiled = self._plain.get(id(statement))
+        if compiled is None or compiled[0] is not statement:
+            done = statement.compile(dialect=self._sync_reader().dialect)
+            compiled = (statement, done.string, done, tuple(done.positiontup or ()))
+            self._plain[id(statement)] = compiled
+        _, sql, done, order = compiled
+        bound = done.construct_params(params)
+        async with self._translate_errors():
+            with self._sync_reader().connect() as sync_conn:
+                driver = sync_conn.connection.dbapi_connection
+                assert driver is not None  # noqa: S101 - a live pooled sqlite3 connection
+                rows: list[tuple[Any, ...]] = driver.execute(
+                    sql, tuple(bound[k] for k in order)
+                ).fetchall()
+        return rows
+
+    def _sync_reader(self) -> Engine:
+        """The engine of :meth:`lookup`: one ``sqlite3`` connection, only ever used inline."""
+        if self._reader is None:
+            self._reader = self._sqlite_engine(begin="DEFERRED")
+        return self._reader
 
     @asynccontextmanager
     async def _translate_errors(self) -> AsyncIterator[None]:
@@ -269,5 +439,98 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        for engine in (self._sync_engine, self._reader):
+            if engine is not None:
+                engine.dispose()
+
+
+class UnitOfWork:
+    """A write transaction shared by the store calls of one task (see Database.unit_of_work).
+
+    Attributes:
+        database: the database it belongs to.
+        connection: the unit's connection (None on PostgreSQL, where nothing is shared).
+        closed: True once the unit has ended; later calls open their own transactions.
+    """
+
+    def __init__(
+        self, database: Database, connection: AsyncConnection | None, lock: PriorityLock | None
+    ) -> None:
+        self.database = database
+        self.connection = connection
+        self.closed = False
+        self._lock = lock
+        self._savepoints = 0
+
+    @property
+    def contended(self) -> bool:
+        """True when the inbox waits for the SQLite writer lock: end the unit soon."""
+        return self._lock is not None and self._lock.urgent_waiting
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """Roll back only the block's writes when it raises (one event's handler).
+
+        The SAVEPOINT statements go straight to sqlite3: through SQLAlchemy's nested
+        transactions each cost more than a handler's own SQL.
+        """
+        if self.connection is None or self.closed:
+            yield
+            return
+        raw = self.connection.sync_connection
+        assert raw is not None  # noqa: S101 - an inline connection always has one
+        driver = raw.connection.dbapi_connection
+        assert driver is not None  # noqa: S101 - a live pooled sqlite3 connection
+        self._savepoints += 1
+        name = f"unit_{self._savepoints}"
+        driver.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            driver.execute(f"ROLLBACK TO {name}")
+            driver.execute(f"RELEASE {name}")
+            raise
+        driver.execute(f"RELEASE {name}")
+
+
+class _InlineConnection(AsyncConnection):
+    """An :class:`AsyncConnection` over a plain ``sqlite3`` connection that runs each statement
+    in the calling thread, without a round trip to a worker thread.
+
+    Only what the stores use is inline (``execute`` and what builds on it; transactions and
+    ``run_sync`` already are); ``stream`` is refused, as pysqlite has no server-side cursors.
+    """
+
+    async def execute(
+        self,
+        statement: Any,
+        parameters: Any = None,
+        *,
+        execution_options: Any = None,
+    ) -> Any:
+        return self._proxied.execute(statement, parameters, execution_options=execution_options)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, execution_options: Any = None
+    ) -> Any:
+        return self._proxied.exec_driver_sql(statement, parameters, execution_options)
+
+
+#: The unit of work of the running task, if any (contextvars follow the task).
+_UNIT: ContextVar[UnitOfWork | None] = ContextVar("bridge_unit_of_work", default=None)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; a cancelled caller still waits for it to finish.
+
+    The connection ``fn`` uses goes back to the pool (and the writer lock to the next writer)
+    when the caller unwinds, so the thread must be done with it by then.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise

@@ -22,7 +22,7 @@ class KvState:
 
     async def get(self, name: str) -> str | None:
         """The value, or None."""
-        async with self._db.read() as conn:
+        async with self._db.lookup() as conn:
             value: str | None = (
                 await conn.execute(select(kv.c.value).where(kv.c.name == self._prefix + name))
             ).scalar_one_or_none()

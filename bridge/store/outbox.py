@@ -71,33 +71,25 @@ class SqlOutbox:
         now = self._clock.now()
         values = [
             {
-                "kind": r.kind, "channel": r.channel, "idempotency_key": r.idempotency_key,
-                "subject_key": r.subject_key, "recipient_key": r.recipient_key,
-                "payload": dict(r.payload), "due_at": r.due_at, "next_attempt_at": r.due_at,
-                "state": "pending", "attempts": 0, "created_at": now, "updated_at": now,
+                "kind": r.kind,
+                "channel": r.channel,
+                "idempotency_key": r.idempotency_key,
+                "subject_key": r.subject_key,
+                "recipient_key": r.recipient_key,
+                "payload": dict(r.payload),
+                "due_at": r.due_at,
+                "next_attempt_at": r.due_at,
+                "state": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
             }
             for r in rows
         ]
-        insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
-        stmt = insert(outbox)
-        if revive:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["idempotency_key"],
-                set_={"state": "pending", "due_at": stmt.excluded.due_at,
-                      "next_attempt_at": stmt.excluded.next_attempt_at, "attempts": 0,
-                      "payload": stmt.excluded.payload, "updated_at": now},
-                where=outbox.c.state == "cancelled",
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
         keys = [r.idempotency_key for r in rows]
         async with self._db.write() as conn:
-            await conn.execute(stmt, values)
-            result = await conn.execute(
-                select(outbox.c.idempotency_key, outbox.c.id).where(
-                    outbox.c.idempotency_key.in_(keys)
-                )
-            )
+            await conn.execute(_enqueue_statement(self._db.is_sqlite, revive), values)
+            result = await conn.execute(_IDS_BY_KEY, {"keys": keys})
             ids = {row.idempotency_key: row.id for row in result}
         return [ids[k] for k in keys]
 
@@ -340,3 +332,34 @@ class SqlOutbox:
                 select(outbox.c.state, func.count().label("n")).group_by(outbox.c.state)
             )
             return {row.state: row.n for row in rows}
+
+
+#: Built once: building an upsert (its ``excluded`` alias above all) cost more than running it.
+_ENQUEUE: dict[tuple[bool, bool], Any] = {}
+_IDS_BY_KEY = select(outbox.c.idempotency_key, outbox.c.id).where(
+    outbox.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+
+
+def _enqueue_statement(is_sqlite: bool, revive: bool) -> Any:
+    """The insert of :meth:`SqlOutbox.enqueue` for the dialect, built on first use."""
+    stmt = _ENQUEUE.get((is_sqlite, revive))
+    if stmt is None:
+        stmt = (sqlite.insert if is_sqlite else postgresql.insert)(outbox)
+        if revive:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["idempotency_key"],
+                set_={
+                    "state": "pending",
+                    "due_at": stmt.excluded.due_at,
+                    "next_attempt_at": stmt.excluded.next_attempt_at,
+                    "attempts": 0,
+                    "payload": stmt.excluded.payload,
+                    "updated_at": stmt.excluded.updated_at,
+                },
+                where=outbox.c.state == "cancelled",
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        _ENQUEUE[(is_sqlite, revive)] = stmt
+    return stmt

@@ -260,6 +260,15 @@ class _Connection(asyncio.Protocol):
             else:
                 self._enqueue(frame)
 
+    def eof_received(self) -> bool:
+        """The sender half-closed (``shutdown(SHUT_WR)``): answer what it sent, then close.
+
+        Returning True keeps our side open for writing; without it asyncio would close the
+        transport and a stored message would never get its ACK.
+        """
+        self._finish()
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._buf and not self._skipping and bytes(self._buf).strip(b"\r\n\t \x00"):
             self.listener.log.warning("hl7v2.incomplete_frame", peer=self.peer, size=len(self._buf))
