@@ -51,7 +51,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                _, err = self.process.communicate()
+                err = (self.data_dir.parent / "daemon.log").read_text()
                 raise AssertionError(f"daemon exited {self.process.returncode}: {err[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
@@ -76,15 +76,20 @@ def running_daemon(tmp_path: Path, *, config: str | None = None,
     full_env.update({"BRIDGE_DATA_DIR": str(tmp_path / "data"),
                      "BRIDGE_HTTP_PORT": str(http_port), "BRIDGE_LOG_FORMAT": "json"})
     full_env.update(env or {})
-    process = subprocess.Popen(bridge_command(*args), env=full_env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # Logs go to a file, not a pipe: a pipe nobody reads fills up and blocks the daemon.
+    log_path = tmp_path / "daemon.log"
+    log_file = log_path.open("w")
+    process = subprocess.Popen(bridge_command(*args), env=full_env, stdout=log_file,
+                               stderr=subprocess.STDOUT, text=True)
     daemon = Daemon(process, http_port, tmp_path / "data")
     try:
         yield daemon
     finally:
         if process.poll() is None:
             process.kill()
-        _, stderr = process.communicate(timeout=10)
+        process.wait(timeout=10)
+        log_file.close()
+        stderr = log_path.read_text()
         from tests.conftest import find_phi
 
         leaked = find_phi(stderr)

@@ -84,3 +84,42 @@ class TestMllpAckAfterCommit:
             events = conn.execute("SELECT count(*) FROM event").fetchone()[0]
         assert ids == {f"MS{i}" for i in range(40)}
         assert events == 40
+
+
+class TestWebhooksNoneLost:
+    async def test_every_acknowledged_webhook_is_stored_under_concurrency(self, tmp_path):
+        import asyncio
+        import json
+
+        env = {"BRIDGE_WHATSAPP_APP_SECRET": APP_SECRET}
+        sandbox = free_port()
+        config = (f'[sandbox]\nport = {sandbox}\n'
+                  f'[whatsapp]\nbase_url = "http://127.0.0.1:{sandbox}"\n')
+
+        def body(i: int) -> bytes:
+            return json.dumps({"object": "whatsapp_business_account", "entry": [{
+                "id": "1", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "1", "phone_number_id": "1"},
+                    "statuses": [{"id": f"wamid.none-lost-{i}", "status": "delivered",
+                                  "timestamp": "1700000000", "recipient_id": "1"}]}}]}]}).encode()
+
+        with running_daemon(tmp_path, config=config, env=env) as daemon:
+            daemon.wait_ready()
+            acked: list[int] = []
+            semaphore = asyncio.Semaphore(32)
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def post(i: int) -> None:
+                    raw = body(i)
+                    async with semaphore:
+                        answer = await client.post(f"{daemon.url}/webhooks/whatsapp",
+                                                   content=raw, headers=signed(raw))
+                    if answer.status_code == 200:
+                        acked.append(i)
+
+                await asyncio.gather(*(post(i) for i in range(300)))
+            with sqlite3.connect(daemon.data_dir / "bridge.db") as conn:
+                stored = {json.loads(r[0])["entry"][0]["changes"][0]["value"]["statuses"][0]["id"]
+                          for r in conn.execute("SELECT payload FROM inbox")}
+        assert len(acked) == 300
+        assert {f"wamid.none-lost-{i}" for i in acked} <= stored
