@@ -7,65 +7,19 @@ appointment id; then the patient opts out and a new booking sends nothing.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sqlite3
-import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Self
 
 import httpx
 import pytest
 
 from tests.e2e.daemon import free_port, running_daemon
+from tests.faults._harness import FakeHis
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 PHONE = "+573001230777"
-
-
-class FakeHis:
-    """A listening HIS: records every HL7 message it receives and answers AA."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._client, "127.0.0.1", self.port))
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                frame = await reader.readuntil(FS + CR)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            text = frame.strip(VT + FS + CR).decode()
-            self.messages.append(text)
-            control = text.split("\r")[0].split("|")[9]
-            ack = f"MSH|^~\\&|HIS||BRIDGE||20260101000000||ACK|A{control}|P|2.5\rMSA|AA|{control}"
-            writer.write(VT + ack.encode() + FS + CR)
-            await writer.drain()
-        writer.close()
 
 
 def siu(control: str, appointment: str, start: datetime, phone: str = PHONE) -> bytes:
