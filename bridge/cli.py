@@ -38,6 +38,7 @@ from bridge.cli_support import (
 )
 from bridge.errors import ConfigError, PluginError
 from bridge.logging import get_logger
+from bridge.sandbox.cli import app as sandbox_app
 
 app = typer.Typer(
     name="bridge",
@@ -47,22 +48,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Database schema: create or upgrade it, or show its version.",
-                     no_args_is_help=True)
-outbox_app = typer.Typer(help="Planned and sent messages: list them, retry failed ones by id.",
-                         no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database schema: create or upgrade it, or show its version.", no_args_is_help=True
+)
+outbox_app = typer.Typer(
+    help="Planned and sent messages: list them, retry failed ones by id.", no_args_is_help=True
+)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(audit_app, name="audit")
 register_operator_commands(app)
+app.add_typer(sandbox_app, name="sandbox")
 
 
 @app.command("demo")
 def demo(
     keep: Annotated[bool, typer.Option(help="Keep the demo's data folder afterwards.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="Where the demo keeps its throw-away database (default: a temporary folder).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the demo keeps its throw-away database (default: a temporary folder)."
+        ),
+    ] = None,
 ) -> None:
     """The whole loop on this machine in under a minute: a simulated HIS books appointments over
     MLLP, simulated patients confirm, cancel, reschedule, opt out and ask for a person on the
@@ -104,10 +112,12 @@ def check_config(config: ConfigOption = None) -> None:
         raise fail(RET_CONFIG, str(exc)) from None
     except PluginError as exc:
         raise fail(RET_PLUGIN, str(exc)) from None
-    out.print(f"[green]configuration OK[/] ({settings.source}); database "
-              f"{'PostgreSQL' if 'postgresql' in settings.sqlalchemy_url else 'SQLite'}, "
-              f"connectors: {', '.join(settings.connectors) or 'none'}, "
-              f"channel: {settings.channel or 'none'}")
+    out.print(
+        f"[green]configuration OK[/] ({settings.source}); database "
+        f"{'PostgreSQL' if 'postgresql' in settings.sqlalchemy_url else 'SQLite'}, "
+        f"connectors: {', '.join(settings.connectors) or 'none'}, "
+        f"channel: {settings.channel or 'none'}"
+    )
 
 
 @db_app.command("upgrade")
@@ -147,8 +157,14 @@ def plugins(config: ConfigOption = None) -> None:
     table = Table("group", "name", "enabled", "distribution", "version", "target")
     for group in (CONNECTORS, CHANNELS):
         for info in describe(group):
-            table.add_row(group, info.name, "yes" if info.name in enabled else "no",
-                          info.distribution or "-", info.version or "-", info.target)
+            table.add_row(
+                group,
+                info.name,
+                "yes" if info.name in enabled else "no",
+                info.distribution or "-",
+                info.version or "-",
+                info.target,
+            )
     out.print(table)
 
 
@@ -175,9 +191,13 @@ def status(config: ConfigOption = None) -> None:
 @outbox_app.command("list")
 def outbox_list(
     config: ConfigOption = None,
-    state: Annotated[list[str] | None, typer.Option(
-        help="Only rows in this state (pending, leased, sent, failed, dead, cancelled, held); "
-        "repeatable.")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only rows in this state (pending, leased, sent, failed, dead, cancelled, held); "
+            "repeatable."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many rows, newest first.")] = 50,
 ) -> None:
     """List outbox rows (ids, states, attempts, error codes; never message content)."""
@@ -194,8 +214,9 @@ def outbox_list(
 
 
 @outbox_app.command("dead")
-def outbox_dead(config: ConfigOption = None,
-                limit: Annotated[int, typer.Option(help="How many rows.")] = 50) -> None:
+def outbox_dead(
+    config: ConfigOption = None, limit: Annotated[int, typer.Option(help="How many rows.")] = 50
+) -> None:
     """List dead-lettered and failed rows with their last error code."""
     outbox_list(config=config, state=["dead", "failed"], limit=limit)
 
@@ -214,8 +235,9 @@ def outbox_retry(
     async def body(db: Any) -> int:
         clock = SystemClock()
         count = await SqlOutbox(db, clock).retry(ids)
-        await AuditLog(db, clock).append("operator:cli", "outbox.retry", None,
-                                         {"ids": list(ids), "requeued": count})
+        await AuditLog(db, clock).append(
+            "operator:cli", "outbox.retry", None, {"ids": list(ids), "requeued": count}
+        )
         return count
 
     count = run_async(lambda: with_db(settings, body))
@@ -225,9 +247,16 @@ def outbox_retry(
 def _print_outbox(rows: list[Any]) -> None:
     table = Table("id", "kind", "state", "attempts", "due", "next attempt", "delivery", "error")
     for r in rows:
-        table.add_row(str(r.id), r.kind, r.state, str(r.attempts), r.due_at.isoformat(),
-                      r.next_attempt_at.isoformat(), r.delivery_status or "-",
-                      r.last_error_code or "-")
+        table.add_row(
+            str(r.id),
+            r.kind,
+            r.state,
+            str(r.attempts),
+            r.due_at.isoformat(),
+            r.next_attempt_at.isoformat(),
+            r.delivery_status or "-",
+            r.last_error_code or "-",
+        )
     out.print(table)
 
 
@@ -246,8 +275,11 @@ def audit_verify(config: ConfigOption = None) -> None:
     if verdict.ok:
         out.print(f"[green]audit log intact[/]: {verdict.rows} row(s) verified")
         return
-    raise fail(RET_KILLED, f"audit log broken at row {verdict.broken_at} "
-                f"({verdict.rows} row(s) read): rows were changed or removed")
+    raise fail(
+        RET_KILLED,
+        f"audit log broken at row {verdict.broken_at} "
+        f"({verdict.rows} row(s) read): rows were changed or removed",
+    )
 
 
 #: ``bridge inspect`` kinds → the module whose ``inspect(payload, **options)`` translates them.
@@ -262,11 +294,19 @@ _INSPECTORS = {
 def inspect(
     kind: Annotated[str, typer.Argument(help="What the file holds: hl7, fhir or whatsapp.")],
     file: Annotated[Path, typer.Argument(help="The message or webhook body to run through.")],
-    tz: Annotated[str | None, typer.Option(
-        "--tz", help="Time zone for times without one (IANA name, e.g. America/Bogota).")] = None,
-    region: Annotated[str | None, typer.Option(
-        "--region", help="Default phone region for numbers without a country code (e.g. CO).",
-    )] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            "--tz", help="Time zone for times without one (IANA name, e.g. America/Bogota)."
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="Default phone region for numbers without a country code (e.g. CO).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what the bridge would do with one input, using the daemon's own code, no database."""
@@ -288,14 +328,17 @@ def inspect(
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     for evt in result["events"]:
-        out.print(f"[bold]{evt['type']}[/] from {evt['source']['connector']} "
-                  f"message {evt['source']['message_id']}")
+        out.print(
+            f"[bold]{evt['type']}[/] from {evt['source']['connector']} "
+            f"message {evt['source']['message_id']}"
+        )
         for key in ("appointment", "patient", "result"):
             if evt.get(key):
                 out.print(f"  {key}: {evt[key]}")
     for problem in result["problems"]:
-        out.print(f"[yellow]problem[/] {problem['code']} ({problem['field']}): "
-                  f"{problem['message']}")
+        out.print(
+            f"[yellow]problem[/] {problem['code']} ({problem['field']}): {problem['message']}"
+        )
     if not result["events"] and not result["problems"]:
         out.print("nothing to do for this input")
 
@@ -312,16 +355,6 @@ def _root(
 def main() -> None:
     """Console-script entry point."""
     try:
-        _mount_optional()
         app()
     except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside the daemon
         sys.exit(RET_KILLED)
-
-
-def _mount_optional() -> None:
-    """Attach sub-commands that live with their feature (``bridge sandbox``)."""
-    try:
-        sandbox_cli = importlib.import_module("bridge.sandbox.cli")
-    except ImportError:
-        return
-    app.add_typer(sandbox_cli.app, name="sandbox")

@@ -71,43 +71,30 @@ class FollowUps:
         subject = row.subject_key
         if not address or outcome == "retry":
             return
-        language = payload.get("language")
-        reply_to = payload.get("reply_wamid")
-        now = self._clock.now()
         if outcome == "sent":
             if decision in ("cancel", "reschedule") and subject:
                 await self._outbox.cancel_subject(subject, kinds=["reminder"])
-            text, template = _ANSWERS.get(decision, ("confirmed_text", "confirmed"))
-            rows.append(
-                message_row(
-                    kind="notice",
-                    message=text,
-                    address=str(address),
-                    key=f"notice|{payload.get('command_id')}",
-                    due_at=now,
-                    language=language,
-                    subject=subject,
-                    reply_to=reply_to,
-                    fallback=template,
-                )
-            )
-            return
-        # refused, dead-lettered or skipped: the patient is told, a person takes over
-        conflict = result.error_code == "ehr_conflict"
-        message = "slot_taken" if decision == "reschedule" and conflict else "ehr_failed"
+            message, fallback = _ANSWERS.get(decision, ("confirmed_text", "confirmed"))
+            key = f"notice|{payload.get('command_id')}"
+        else:
+            # refused, dead-lettered or skipped: the patient is told, a person takes over
+            conflict = result.error_code == "ehr_conflict"
+            message = "slot_taken" if decision == "reschedule" and conflict else "ehr_failed"
+            fallback, key = None, f"notice|{payload.get('command_id')}|failed"
+            await self._conversations.hand_off(str(address), f"ehr_{outcome}")
         rows.append(
             message_row(
                 kind="notice",
                 message=message,
                 address=str(address),
-                key=f"notice|{payload.get('command_id')}|failed",
-                due_at=now,
-                language=language,
+                key=key,
+                due_at=self._clock.now(),
+                language=payload.get("language"),
                 subject=subject,
-                reply_to=reply_to,
+                reply_to=payload.get("reply_wamid"),
+                **({"fallback": fallback} if fallback else {}),
             )
         )
-        await self._conversations.hand_off(str(address), f"ehr_{outcome}")
 
 
 def _outcome(result: ReleaseResult) -> str:

@@ -36,8 +36,6 @@ from bridge.ports import AcquiredRow, Channel, Clock, Notification, Outbox, Rele
 
 #: Turns a leased row into what the channel sends; may raise SkipNotification or MappingError.
 PrepareHook = Callable[[AcquiredRow], Awaitable[Notification]]
-#: Told about every row released as sent, with the receipt's message id (wamid).
-SentHook = Callable[[AcquiredRow, str], Awaitable[None]]
 #: Told about a whole batch once its outcomes are committed (follow-ups, audit).
 ReleasedHook = Callable[[Sequence[tuple[AcquiredRow, ReleaseResult]]], Awaitable[None]]
 
@@ -82,7 +80,6 @@ class Relay:
         metrics: where to count.
         log: a bound logger.
         prepare: row → notification; defaults to :func:`notification_from_payload`.
-        on_sent: called for each row accepted by the channel, before its release.
         after_release: called with the batch once its outcomes are committed.
         relay_id: defaults to ``host:pid:random`` so two processes never share one.
     """
@@ -97,7 +94,6 @@ class Relay:
         metrics: Metrics,
         log: FilteringBoundLogger,
         prepare: PrepareHook | None = None,
-        on_sent: SentHook | None = None,
         after_release: ReleasedHook | None = None,
         relay_id: str | None = None,
     ) -> None:
@@ -109,7 +105,6 @@ class Relay:
         self._metrics = metrics
         self._log = log.bind(relay_id=self.relay_id)
         self._prepare = prepare or notification_from_payload
-        self._on_sent = on_sent
         self.after_release = after_release
         self._lease = timedelta(seconds=settings.lease_seconds)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
@@ -162,27 +157,37 @@ class Relay:
             if channel is None:
                 self.stats.failed += 1
                 log.error("relay.unknown_channel", channel=row.channel)
-                return ReleaseResult(id=row.id, failed=True, error_code="unknown_channel",
-                                     error_detail=f"no channel named {row.channel}")
+                return ReleaseResult(
+                    id=row.id,
+                    failed=True,
+                    error_code="unknown_channel",
+                    error_detail=f"no channel named {row.channel}",
+                )
             try:
                 notification = await self._prepare(row)
             except SkipNotification as skip:
                 self.stats.cancelled += 1
                 log.info("relay.skipped", reason=skip.reason)
-                return ReleaseResult(id=row.id, cancelled=True, error_code="skipped",
-                                     error_detail=skip.reason)
+                return ReleaseResult(
+                    id=row.id, cancelled=True, error_code="skipped", error_detail=skip.reason
+                )
             except MappingError as exc:
                 self.stats.failed += 1
                 log.warning("relay.unmappable", error=str(exc))
-                return ReleaseResult(id=row.id, failed=True, error_code="mapping",
-                                     error_detail=str(exc))
+                return ReleaseResult(
+                    id=row.id, failed=True, error_code="mapping", error_detail=str(exc)
+                )
             except SendError as exc:  # e.g. a paused template holds the send
                 return self._after_error(row, exc, log)
             except (KeyError, TypeError, ValueError) as exc:
                 self.stats.failed += 1
                 log.error("relay.bad_payload", error=type(exc).__name__)
-                return ReleaseResult(id=row.id, failed=True, error_code="bad_payload",
-                                     error_detail=type(exc).__name__)
+                return ReleaseResult(
+                    id=row.id,
+                    failed=True,
+                    error_code="bad_payload",
+                    error_detail=type(exc).__name__,
+                )
             started = time.perf_counter()
             try:
                 receipt = await channel.send(notification)
@@ -199,8 +204,6 @@ class Relay:
                 )
         self.stats.sent += 1
         self._metrics.sends.labels(row.channel, "sent").inc()
-        if self._on_sent is not None:
-            await self._on_sent(row, receipt.message_id)
         log.debug("relay.sent", wamid=receipt.message_id)
         return ReleaseResult(id=row.id, external_id=receipt.message_id)
 
@@ -213,8 +216,13 @@ class Relay:
         if isinstance(exc, SendHeld):
             self._metrics.sends.labels(row.channel, "held").inc()
             log.debug("relay.held", limit=exc.limit)
-            return ReleaseResult(id=row.id, retry_at=exc.hold_until, refund_attempt=True,
-                                 error_code="held", error_detail=detail)
+            return ReleaseResult(
+                id=row.id,
+                retry_at=exc.hold_until,
+                refund_attempt=True,
+                error_code="held",
+                error_detail=detail,
+            )
         if not exc.retryable:
             self.stats.failed += 1
             self._metrics.sends.labels(row.channel, "failed").inc()

@@ -325,14 +325,6 @@ class SqlOutbox:
             for r in rows
         ]
 
-    async def counts_by_state(self) -> dict[str, int]:
-        """How many rows are in each state (status table, metrics)."""
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(outbox.c.state, func.count().label("n")).group_by(outbox.c.state)
-            )
-            return {row.state: row.n for row in rows}
-
 
 #: Built once: building an upsert (its ``excluded`` alias above all) cost more than running it.
 _ENQUEUE: dict[tuple[bool, bool], Any] = {}
