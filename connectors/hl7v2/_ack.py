@@ -59,6 +59,11 @@ _last_second = 0
 _last_stamp = ""
 
 
+#: MSA-2 echoes MSH-10, whose longest legal form (v2.7+) is 199 characters: a sender's
+#: megabyte-long "control id" is not sent back whole.
+_MAX_CONTROL_ID = 199
+
+
 def _stamp() -> str:
     global _last_second, _last_stamp
     now = int(time.time())
@@ -103,7 +108,7 @@ def build_ack(
             f"{_stamp()}{f}{f}{_message_type(event, version, seps)}{f}{_PREFIX}{next(_counter)}{f}"
             f"{header.processing_id or 'P'}{f}{version}"
         )
-        control = escape(header.control_id, seps)
+        control = escape(header.control_id[:_MAX_CONTROL_ID], seps)
     else:
         enhanced = False
         version = "2.5"

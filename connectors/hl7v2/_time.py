@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["parse_dtm", "parse_duration"]
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
@@ -31,6 +32,13 @@ def parse_dtm(value: str, zone: tzinfo) -> datetime | None:
     value = value.strip()
     if not value or value == '""':
         return None
+    return _parse_dtm(value, zone)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_dtm(value: str, zone: tzinfo) -> datetime:
+    """The parse itself, cached: a feed repeats the same values (MSH-7 within a second, the
+    clinic's slot times), and a datetime is immutable. Failures raise again every time."""
     m = _DTM.fullmatch(value)
     if m is None:
         raise ValueError("not an HL7 date/time")

@@ -310,6 +310,12 @@ class TestBadInput:
         assert sink.messages[0].payload == case.payload
         assert follow_up[:2] == ("AA", "NEXT")
 
+    async def test_an_overlong_control_id_is_not_echoed_whole(
+        self, listener: MllpListener
+    ) -> None:
+        code, control, _ = await exchange(listener.port, siu("C" * 50_000))
+        assert (code, control) == ("AA", "C" * 199)
+
     async def test_unknown_version_err_carries_table_0357_code_203(
         self, listener: MllpListener
     ) -> None:
