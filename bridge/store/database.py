@@ -36,6 +36,13 @@ from bridge.errors import StoreUnavailable
 
 T = TypeVar("T")
 
+class _WriterBusy(Exception):
+    """Another process holds the SQLite write lock right now."""
+
+
+#: How long a SQLite writer waits for another process's write lock before giving up.
+_SQLITE_BUSY_MS = 30000
+
 #: Exceptions that mean "the database is not there right now" rather than "our SQL is wrong".
 STORE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -158,7 +165,7 @@ class Database:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -272,6 +279,9 @@ class Database:
             async with self.write(urgent=urgent) as conn:
                 return await conn.run_sync(work)
         async with self._write_lock.hold(urgent=urgent), self._translate_errors():
+            if urgent:
+                with contextlib.suppress(_WriterBusy):
+                    return self._inline_urgent_transaction(work)
             return await _in_thread(self._sync_transaction, work, urgent)
 
     def urgent_within(self, seconds: float) -> bool:
@@ -290,6 +300,30 @@ class Database:
             assert raw is not None  # noqa: S101 - a live pooled sqlite3 connection
             raw.execute(f"PRAGMA synchronous={level}")  # outside any transaction
             with conn.begin():
+                return work(conn)
+
+    def _inline_urgent_transaction(self, work: Callable[[Connection], T]) -> T:
+        """The urgent batch on the loop thread when the SQLite write lock is free right now.
+
+        A thread round trip costs more than the batch's statements; what remains is the
+        commit's fsync, which the senders wait for anyway. ``BEGIN IMMEDIATE`` is tried with
+        no busy timeout, so the loop never waits on another process (``bridge outbox retry``
+        holding the lock): then :class:`_WriterBusy` and the caller takes the worker thread,
+        which may wait. Once the lock is held nothing else can block the commit.
+        """
+        engine = self._sync_sqlite_engine()
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None  # noqa: S101 - a live pooled sqlite3 connection
+            raw.execute(f"PRAGMA synchronous={self._urgent_sync}")  # outside any transaction
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                transaction = conn.begin()
+            except OperationalError as exc:
+                raise _WriterBusy from exc
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            with transaction:
                 return work(conn)
 
     def _sync_sqlite_engine(self) -> Engine:
@@ -313,7 +347,7 @@ class Database:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

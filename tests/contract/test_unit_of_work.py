@@ -201,6 +201,35 @@ class TestInlineReads:
         assert list(results) == ["v", "v"]
 
 
+class TestUrgentCommit:
+    async def test_another_process_holding_the_write_lock_never_stalls_the_loop(
+        self, tmp_path: Path
+    ) -> None:
+        db = await _migrated(tmp_path / "busy.db")
+        other = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # as `bridge outbox retry` would, from another process
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        ingest = asyncio.create_task(store(db, [message(1)]))
+        try:
+            await asyncio.sleep(0.5)
+            assert not ingest.done()  # the batch waits for the lock...
+            assert ticks >= 20  # ...in a worker thread, not on the event loop
+            other.execute("COMMIT")
+            assert await asyncio.wait_for(ingest, 10) == [IngestOutcome.ACCEPTED]
+        finally:
+            beat.cancel()
+            other.close()
+            await db.dispose()
+
+
 class TestRawInbox:
     async def test_the_raw_sqlite_statements_store_what_sqlalchemy_stores(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
