@@ -49,7 +49,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(
-    help="Database schema: create or upgrade it, or show its version.", no_args_is_help=True
+    help="The database: create or upgrade its schema, show its version, seal patient data "
+    "with a data key.",
+    no_args_is_help=True,
 )
 outbox_app = typer.Typer(
     help="Planned and sent messages: list them, retry failed ones by id.", no_args_is_help=True
@@ -112,12 +114,47 @@ def check_config(config: ConfigOption = None) -> None:
         raise fail(RET_CONFIG, str(exc)) from None
     except PluginError as exc:
         raise fail(RET_PLUGIN, str(exc)) from None
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite") and not Path(url.split(":///", 1)[1]).exists():
+        sealing = "no database yet"  # checking must not create one
+    else:
+        sealing = run_async(lambda: _data_key_state(settings))
     out.print(
         f"[green]configuration OK[/] ({settings.source}); database "
         f"{'PostgreSQL' if 'postgresql' in settings.sqlalchemy_url else 'SQLite'}, "
         f"connectors: {', '.join(settings.connectors) or 'none'}, "
-        f"channel: {settings.channel or 'none'}"
+        f"channel: {settings.channel or 'none'}; {sealing}"
     )
+
+
+async def _data_key_state(settings: Any) -> str:
+    """How the configured data key stands with the database, when there is one to ask.
+
+    Raises:
+        ConfigError: the database holds sealed data and the key is missing or another one.
+    """
+    from bridge.store import Database
+    from bridge.store.data_key import KeyStatus, key_status
+    from bridge.store.migrate import current_revision
+    from bridge.store.sealing import DATA_KEY, DataCipher
+
+    cipher = DataCipher.from_secret(settings.secrets.get(DATA_KEY))
+    keyed = "data key set" if cipher.enabled else "no data key"
+    db = Database(settings.sqlalchemy_url)
+    try:
+        if not await db.ping():
+            return f"{keyed} (database not reachable: not checked against it)"
+        if await current_revision(db) is None:
+            return f"{keyed} (empty database)"
+        status = await key_status(db, cipher)
+    finally:
+        await db.dispose()
+    return {
+        KeyStatus.PLAIN: "patient data stored plain (no data key)",
+        KeyStatus.SEALED: "patient data sealed with the configured key",
+        KeyStatus.UNSEALED: "data key set, database not sealed yet (sealed at the next start, "
+        "or run 'bridge db seal')",
+    }[status]
 
 
 @db_app.command("upgrade")
@@ -145,6 +182,43 @@ def db_current(config: ConfigOption = None) -> None:
     head = head_revision()
     state = "up to date" if rev == head else "needs 'bridge db upgrade'"
     out.print(f"current: {rev or 'empty'}  head: {head}  ({state})")
+
+
+@db_app.command("seal")
+def db_seal(config: ConfigOption = None) -> None:
+    """Seal the patient phones, names and payloads of a plain database with BRIDGE_DATA_KEY.
+
+    Stop every daemon on the database first. Rewrites rows in batches and can be run again
+    (only what is still plain is converted); prints counts per table, never values. The daemon
+    does the same at start when migrate_on_start is on.
+    """
+    from bridge.ports import SystemClock
+    from bridge.store.data_key import seal_database
+    from bridge.store.sealing import DATA_KEY, DataCipher
+
+    settings = load(config)
+    cipher = DataCipher.from_secret(settings.secrets.get(DATA_KEY))
+    if not cipher.enabled:
+        raise fail(
+            RET_CONFIG,
+            f"{DATA_KEY} is not set: nothing to seal with (create a key with 'bridge db keygen' "
+            f"and set {DATA_KEY} or {DATA_KEY}_FILE; see README, Encryption at rest)",
+        )
+
+    async def body(db: Any) -> Any:
+        return await seal_database(db, cipher, SystemClock())
+
+    counts = run_async(lambda: with_db(settings, body))
+    out.print(f"sealed {counts.total} row(s): {counts}")
+
+
+@db_app.command("keygen")
+def db_keygen() -> None:
+    """Print a new random data key for BRIDGE_DATA_KEY (keep it safe: without it sealed data
+    cannot be read)."""
+    from bridge.store.sealing import generate_key
+
+    sys.stdout.write(generate_key() + "\n")
 
 
 @app.command()

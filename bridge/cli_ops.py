@@ -17,7 +17,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bridge.cli_support import RET_CONFIG, ConfigOption, fail, load, out, run_async, with_db
+from bridge.cli_support import (
+    RET_CONFIG,
+    ConfigOption,
+    fail,
+    load,
+    out,
+    run_async,
+    store_cipher,
+    with_db,
+)
 from bridge.ports import SystemClock
 
 handoff_app = typer.Typer(
@@ -47,7 +56,8 @@ def handoff_list(
     settings = load(config)
 
     async def body(db: Any) -> Any:
-        return await Conversations(db, SystemClock()).in_handoff()
+        cipher = await store_cipher(db, settings)
+        return await Conversations(db, SystemClock(), cipher=cipher).in_handoff()
 
     rows = run_async(lambda: with_db(settings, body))
     table = Table("address", "reason", "since", "last patient message")
@@ -77,7 +87,8 @@ def handoff_reply(
 
     async def body(db: Any) -> str | None:
         clock = SystemClock()
-        conversation = await Conversations(db, clock).get(address)
+        cipher = await store_cipher(db, settings)
+        conversation = await Conversations(db, clock, cipher=cipher).get(address)
         last = conversation.last_inbound_at if conversation else None
         if last is None or clock.now() - last >= timedelta(hours=24):
             return (
@@ -85,13 +96,13 @@ def handoff_reply(
                 "templates now (their next message reopens the window)"
             )
         now = clock.now()
-        [row_id] = await SqlOutbox(db, clock).enqueue(
+        [row_id] = await SqlOutbox(db, clock, cipher).enqueue(
             [
                 message_row(
                     kind="reply",
                     message="staff_text",
                     address=address,
-                    key=f"staff_text|{address}|{now.isoformat()}",
+                    key=f"staff_text|{cipher.lookup(address)}|{now.isoformat()}",
                     due_at=now,
                     language=None,
                     subject=None,
@@ -100,7 +111,7 @@ def handoff_reply(
             ]
         )
         await AuditLog(db, clock).append(
-            operator, "handoff.reply", f"address:{address}", {"outbox_id": row_id}
+            operator, "handoff.reply", cipher.address_subject(address), {"outbox_id": row_id}
         )
         return None
 
@@ -124,8 +135,11 @@ def handoff_release(
 
     async def body(db: Any) -> None:
         clock = SystemClock()
-        await Conversations(db, clock).release(address)
-        await AuditLog(db, clock).append(operator, "handoff.release", f"address:{address}")
+        cipher = await store_cipher(db, settings)
+        await Conversations(db, clock, cipher=cipher).release(address)
+        await AuditLog(db, clock).append(
+            operator, "handoff.release", cipher.address_subject(address)
+        )
 
     run_async(lambda: with_db(settings, body))
     out.print("released: the bot answers this patient again")
@@ -141,7 +155,8 @@ def consent_export(
     settings = load(config)
 
     async def body(db: Any) -> list[Any]:
-        return [entry async for entry in ConsentLedger(db, SystemClock()).export()]
+        ledger = ConsentLedger(db, SystemClock(), await store_cipher(db, settings))
+        return [entry async for entry in ledger.export()]
 
     entries = run_async(lambda: with_db(settings, body))
     writer = csv.writer(sys.stdout)
@@ -166,7 +181,11 @@ def report(
     settings = load(config)
     end = until.replace(tzinfo=UTC) if until else datetime.now(UTC)
     start = since.replace(tzinfo=UTC) if since else end - timedelta(days=days)
-    reports = run_async(lambda: with_db(settings, lambda db: build_report(db, start, end)))
+
+    async def body(db: Any) -> Any:
+        return await build_report(db, start, end, await store_cipher(db, settings))
+
+    reports = run_async(lambda: with_db(settings, body))
     rows = [r.row() for r in reports]
     columns = list(rows[0]) if rows else ["clinic", "sent", "delivered", "read", "failed"]
     if as_csv:
@@ -192,7 +211,9 @@ def register(app: typer.Typer) -> None:
 
 templates_app = typer.Typer(
     help="WhatsApp templates: read them from the WhatsApp Business Account and check that "
-    "every message the bridge sends matches an approved template.", no_args_is_help=True)
+    "every message the bridge sends matches an approved template.",
+    no_args_is_help=True,
+)
 
 
 def _mappings(settings: Any) -> Any:
@@ -236,8 +257,9 @@ def templates_sync(config: ConfigOption = None) -> None:
         async with AsyncExitStack() as stack:
             await channel.start(stack)  # type: ignore[attr-defined]
             templates, mismatches = await sync_templates(channel.client, specs)  # type: ignore[attr-defined]
-        statuses = TemplateStatuses(KvState(db, clock, "templates"), clock,
-                                    AuditLog(db, clock), get_logger())
+        statuses = TemplateStatuses(
+            KvState(db, clock, "templates"), clock, AuditLog(db, clock), get_logger()
+        )
         await statuses.record_sync(templates)
         return len(templates), mismatches
 
@@ -263,8 +285,9 @@ def templates_check(config: ConfigOption = None) -> None:
 
     async def body(db: Any) -> list[Any] | None:
         clock = SystemClock()
-        statuses = TemplateStatuses(KvState(db, clock, "templates"), clock,
-                                    AuditLog(db, clock), get_logger())
+        statuses = TemplateStatuses(
+            KvState(db, clock, "templates"), clock, AuditLog(db, clock), get_logger()
+        )
         snapshot = await statuses.snapshot()
         return None if snapshot is None else check_templates(specs, snapshot)
 

@@ -20,13 +20,14 @@ __all__ = [
     "out",
     "run_async",
     "setup_logging",
+    "store_cipher",
     "with_db",
 ]
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -43,6 +44,9 @@ from bridge.errors import (
 )
 from bridge.logging import configure_logging
 
+if TYPE_CHECKING:
+    from bridge.store.sealing import DataCipher
+
 RET_OK = 0
 RET_KILLED = 1
 RET_CONFIG = 2
@@ -56,10 +60,15 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="BRIDGE_CONFIG", dir_okay=False,
-                 help="TOML configuration file (see config/bridge.example.toml). Without it the "
-                 "embedded defaults are used: SQLite under ./.bridge and the local WhatsApp "
-                 "sandbox."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="BRIDGE_CONFIG",
+        dir_okay=False,
+        help="TOML configuration file (see config/bridge.example.toml). Without it the "
+        "embedded defaults are used: SQLite under ./.bridge and the local WhatsApp "
+        "sandbox.",
+    ),
 ]
 
 
@@ -103,8 +112,25 @@ def _event_loop_run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 def setup_logging(settings: Settings) -> None:
     """Logging for a command, with the configured secrets masked."""
-    configure_logging(fmt=settings.log.format, level=settings.log.level,
-                      secrets=settings.secrets.values())
+    configure_logging(
+        fmt=settings.log.format, level=settings.log.level, secrets=settings.secrets.values()
+    )
+
+
+async def store_cipher(db: Any, settings: Settings) -> DataCipher:
+    """The configured data key's cipher, checked against the database, for commands that read
+    or look up patient phones and names.
+
+    Raises:
+        ConfigError: the key is missing, another one, or the database is not sealed with it yet.
+    """
+    from bridge.ports import SystemClock
+    from bridge.store.data_key import ensure_data_key
+    from bridge.store.sealing import DATA_KEY, DataCipher
+
+    cipher = DataCipher.from_secret(settings.secrets.get(DATA_KEY))
+    await ensure_data_key(db, cipher, SystemClock(), seal=False)
+    return cipher
 
 
 async def with_db(
@@ -126,10 +152,16 @@ async def with_db(
         if check_schema:
             current, head = await current_revision(db), head_revision()
             if current != head:
-                raise ConfigError([ConfigProblem(
-                    db.redacted_url, "schema",
-                    f"database schema is at {current or 'nothing'}, this bridge needs {head}: "
-                    "run 'bridge db upgrade' (or start the daemon once)")])
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            db.redacted_url,
+                            "schema",
+                            f"database schema is at {current or 'nothing'}, this bridge needs {head}: "
+                            "run 'bridge db upgrade' (or start the daemon once)",
+                        )
+                    ]
+                )
         return await body(db)
     finally:
         await db.dispose()

@@ -5,8 +5,8 @@ The CLI loads :class:`Settings` once with :func:`load_settings` and passes it to
 raised together as one :class:`bridge.errors.ConfigError` naming file, key and reason, so an
 operator fixes a config in one pass instead of one error per restart.
 
-Secrets (WhatsApp token, app secret, verify token, FHIR keys, admin tokens) never come from the
-TOML: only from the environment, or from a file named by ``<NAME>_FILE`` (systemd credentials,
+Secrets (WhatsApp token, app secret, verify token, FHIR keys, admin tokens, the data key that
+seals patient phones and names at rest) never come from the TOML: only from the environment, or from a file named by ``<NAME>_FILE`` (systemd credentials,
 container secrets). A secret key found in the TOML is itself a problem.
 
 Environment overrides, for operators and for our checks:
@@ -67,6 +67,7 @@ SECRET_NAMES: tuple[str, ...] = (
     "BRIDGE_ADMIN_TOKENS",
     "BRIDGE_PORTAL_SIGNING_KEY",
     "BRIDGE_TOKEN_SIGNING_KEY",
+    "BRIDGE_DATA_KEY",
 )
 
 #: A TOML value that *names* a secret (``token_secret = "BRIDGE_FHIR_TOKEN"``) is fine.
@@ -318,6 +319,13 @@ def load_settings(config_path: Path | None, env: Mapping[str, str] | None = None
         from bridge.api.admin import parse_admin_tokens
 
         problems.extend(parse_admin_tokens(data["secrets"]["BRIDGE_ADMIN_TOKENS"])[1])
+    if "BRIDGE_DATA_KEY" in data["secrets"]:
+        from bridge.store.sealing import parse_key
+
+        try:
+            parse_key(data["secrets"]["BRIDGE_DATA_KEY"])
+        except ValueError as exc:
+            problems.append(ConfigProblem("environment", "BRIDGE_DATA_KEY", str(exc)))
 
     settings: Settings | None = None
     try:

@@ -40,6 +40,7 @@ from bridge.store.appointments import AppointmentStore
 from bridge.store.consent import ConsentLedger
 from bridge.store.conversations import Conversations
 from bridge.store.kv import KvState
+from bridge.store.sealing import PLAIN, DataCipher
 from bridge.store.tables import kv
 
 #: How long a send of a paused or disabled template waits before it is looked at again.
@@ -79,12 +80,15 @@ class Engine:
         reply_key: bytes,
         portal_key: bytes,
         http_client: httpx.AsyncClient,
+        cipher: DataCipher = PLAIN,
     ) -> None:
         engine_settings = settings.engine
-        self.appointments = AppointmentStore(db, clock)
-        self.conversations = Conversations(db, clock)
-        self.consent = ConsentLedger(db, clock)
-        self.delivery = DeliveryTracker(db, clock)
+        #: seals patient phones and names in the stores (the identity without a data key)
+        self.cipher = cipher
+        self.appointments = AppointmentStore(db, clock, cipher)
+        self.conversations = Conversations(db, clock, cipher=cipher)
+        self.consent = ConsentLedger(db, clock, cipher)
+        self.delivery = DeliveryTracker(db, clock, cipher=cipher)
         self.tokens = ReplyTokens(reply_key)
         self.portal = PortalTokens(portal_key)
         self.planner = Planner(
@@ -95,6 +99,7 @@ class Engine:
             audit=audit,
             settings=engine_settings,
             timezone=settings.timezone,
+            cipher=cipher,
         )
         self.replies = ReplyHandler(
             db=db,
@@ -108,6 +113,7 @@ class Engine:
             tokens=self.tokens,
             connectors=connectors,
             settings=engine_settings,
+            cipher=cipher,
         )
         self.renderer = Renderer(
             clock=clock,
@@ -146,6 +152,7 @@ class Engine:
         audit: AuditLog,
         connectors: Mapping[str, Connector],
         http_client: httpx.AsyncClient,
+        cipher: DataCipher = PLAIN,
     ) -> Engine:
         """Load mappings and keys, then build the engine.
 
@@ -171,6 +178,7 @@ class Engine:
             reply_key=reply_key,
             portal_key=portal_key,
             http_client=http_client,
+            cipher=cipher,
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -193,8 +201,11 @@ class Engine:
             name = str(notification.content.get("name"))
             language = str(notification.content.get("language"))
             if status := await self.templates.blocked(name, language):
-                raise SendHeld(f"template_{status.lower()}",
-                               self._clock.now() + _TEMPLATE_HOLD, self._clock.now())
+                raise SendHeld(
+                    f"template_{status.lower()}",
+                    self._clock.now() + _TEMPLATE_HOLD,
+                    self._clock.now(),
+                )
         return notification
 
     def channels(self) -> dict[str, Channel]:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from bridge.config import EngineSettings
 from bridge.domain import (
@@ -34,7 +34,8 @@ from bridge.ports import Clock, OutboxRow
 from bridge.store import AuditLog, Database, SqlOutbox
 from bridge.store.appointments import AppointmentStore
 from bridge.store.inbox import subject_key
-from bridge.store.tables import appointment, outbox
+from bridge.store.sealing import PLAIN, DataCipher
+from bridge.store.tables import outbox
 
 #: Appointment state implied by the event type, whatever the status field says.
 _STATUS_BY_TYPE = {
@@ -100,6 +101,7 @@ class Planner:
         audit: AuditLog,
         settings: EngineSettings,
         timezone: str,
+        cipher: DataCipher = PLAIN,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -108,6 +110,7 @@ class Planner:
         self._audit = audit
         self._settings = settings
         self._timezone = timezone
+        self._cipher = cipher
 
     def policy_for(self, service: str | None) -> ReminderPolicy:
         """The reminder policy, with the per-service offsets when the site set them."""
@@ -222,7 +225,7 @@ class Planner:
                     .select_from(outbox)
                     .where(
                         outbox.c.kind == "results",
-                        outbox.c.recipient_key == address,
+                        outbox.c.recipient_key == self._cipher.lookup(address),
                         outbox.c.created_at >= since,
                         outbox.c.state != "cancelled",
                         outbox.c.subject_key != subject,
@@ -254,27 +257,7 @@ class Planner:
     async def on_patient(self, evt: Event) -> str | None:
         """Demographics changed: refresh phone, language and privacy on their appointments."""
         assert isinstance(evt, PatientUpdated)  # noqa: S101 - routed by type
-        patient = evt.patient
-        values: dict[str, Any] = {
-            "contact_allowed": patient.contact_allowed,
-            "contact_block_reason": patient.contact_block_reason,
-            "updated_at": self._clock.now(),
-        }
-        if patient.phone or patient.phone_cleared:
-            values["address"] = patient.phone
-        if patient.language:
-            values["language"] = patient.language
-        if patient.given_name:
-            values["given_name"] = patient.given_name
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(appointment)
-                .where(
-                    appointment.c.patient_id == patient.id,
-                    appointment.c.connector == evt.source.connector,
-                )
-                .values(**values)
-            )
+        await self._appointments.update_patient(evt.source.connector, evt.patient)
         return None
 
     def handlers(self) -> Mapping[str, Any]:

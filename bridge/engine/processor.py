@@ -25,9 +25,9 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,6 +37,7 @@ from bridge.domain import Event
 from bridge.metrics import Metrics
 from bridge.ports import Clock
 from bridge.store.database import Database, UnitOfWork
+from bridge.store.sealing import PLAIN, DataCipher, SealedDataError
 from bridge.store.tables import event, kv
 
 #: Returned by a handler that wants the event retried later.
@@ -88,6 +89,7 @@ class EventProcessor:
         shared_types: event types whose handlers only use the store; they share one unit of
             work per batch. Others (a reply may ask the EHR for free slots over HTTP) run
             outside any unit, so the SQLite writer is never held across a network call.
+        cipher: opens event payloads sealed by the inbox when a data key is configured.
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class EventProcessor:
         busy_batch: int = 25,
         busy_pause_seconds: float = 0.05,
         shared_types: Collection[str] = STORE_ONLY_TYPES,
+        cipher: DataCipher = PLAIN,
     ) -> None:
         self._db = db
+        self._cipher = cipher
         self._clock = clock
         self._handlers = dict(handlers)
         self._metrics = metrics
@@ -157,6 +161,7 @@ class EventProcessor:
         now = self._clock.now()
         # While senders are waiting for ACKs, take small bites (see run()).
         limit = self._busy_batch if self._db.urgent_within(_BUSY_WINDOW) else self._batch
+        rows: Sequence[Any]
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
@@ -171,6 +176,8 @@ class EventProcessor:
                     .limit(limit)
                 )
             ).all()
+        if self._cipher.enabled:
+            rows = [_Pending(r.seq, self._open(r.payload), r.occurred_at) for r in rows]
         done = 0
         while done < len(rows):
             row = rows[done]
@@ -193,6 +200,14 @@ class EventProcessor:
                     await asyncio.sleep(0)
                 await self._finish(outcomes)
         return len(rows)
+
+    def _open(self, payload: Any) -> Any:
+        """The event's payload unsealed; None when it cannot be opened (changed in the
+        database), which :meth:`_handle` records as an unreadable event."""
+        try:
+            return self._cipher.open_json(payload)
+        except SealedDataError:
+            return None
 
     def _may_share(self, payload: Any) -> bool:
         return isinstance(payload, dict) and payload.get("type") in self._shared
@@ -272,6 +287,14 @@ class EventProcessor:
             )
         self._leading_until = now + _LEADER_LEASE
         return True
+
+
+class _Pending(NamedTuple):
+    """A pending event as read, with its payload unsealed."""
+
+    seq: int
+    payload: Any
+    occurred_at: Any
 
 
 def _outcome(seq: int, state: str, at: Any, error: str | None, retry: Any = None) -> dict[str, Any]:

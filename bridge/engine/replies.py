@@ -48,6 +48,7 @@ from bridge.store import AuditLog, Database, SqlOutbox
 from bridge.store.appointments import AppointmentRecord, AppointmentStore
 from bridge.store.consent import ConsentLedger
 from bridge.store.conversations import Conversations
+from bridge.store.sealing import PLAIN, DataCipher
 from bridge.store.tables import kv, outbox
 
 
@@ -68,7 +69,9 @@ class ReplyHandler:
         tokens: ReplyTokens,
         connectors: Mapping[str, Connector],
         settings: EngineSettings,
+        cipher: DataCipher = PLAIN,
     ) -> None:
+        self._cipher = cipher
         self._db = db
         self._clock = clock
         self._outbox = outbox
@@ -91,7 +94,7 @@ class ReplyHandler:
         await self._audit.append(
             "patient",
             "reply.received",
-            f"address:{address}",
+            self._cipher.address_subject(address),
             {"wamid": evt.message_id, "intent": evt.intent, "type": evt.message_type},
         )
         if evt.intent == "stop":
@@ -123,7 +126,7 @@ class ReplyHandler:
             await self._audit.append(
                 "engine",
                 "reply.unmatched",
-                f"address:{address}",
+                self._cipher.address_subject(address),
                 {"wamid": evt.message_id, "reason": problem},
             )
             await self._say(
@@ -186,18 +189,22 @@ class ReplyHandler:
                 ).one_or_none()
             if row is None or row.subject_key is None:
                 return None, None, "unknown_row"
-            if row.recipient_key != evt.channel_user:
+            if row.recipient_key != self._cipher.lookup(evt.channel_user):
                 return None, None, "other_recipient"
             record = await self._appointments.get(row.subject_key)
             if record is None:
                 return None, None, "unknown_appointment"
             # a rating answers a visit that is over; everything else needs a booked, future one
-            # a rating answers a visit that is over; everything else needs a booked, future one
             over = record.info.status != "booked" or (
-                record.start is not None and record.start <= now)
+                record.start is not None and record.start <= now
+            )
             if over and evt.intent != "rating":
                 return None, None, "expired"
-            origin = {"row_id": verified.row_id, "suffix": verified.suffix, "payload": row.payload}
+            origin = {
+                "row_id": verified.row_id,
+                "suffix": verified.suffix,
+                "payload": self._cipher.open_json(row.payload),
+            }
             return record, origin, ""
         upcoming = await self._appointments.upcoming_for(evt.channel_user, now)
         if not upcoming:
@@ -311,7 +318,10 @@ class ReplyHandler:
     ) -> None:
         await self._conversations.hand_off(address, reason)
         await self._audit.append(
-            "engine", "handoff", f"address:{address}", {"reason": reason, "wamid": evt.message_id}
+            "engine",
+            "handoff",
+            self._cipher.address_subject(address),
+            {"reason": reason, "wamid": evt.message_id},
         )
         if self._settings.handoff_webhook_url:
             await self._outbox.enqueue(

@@ -2,6 +2,8 @@
 
 Written by the engine on every appointment event (in ``seq`` order, so the row is the EHR's
 latest word) and read when a reminder is about to go out, when a reply arrives, and for reports.
+With a data key the phone is kept as a lookup hash plus its sealed value, and the given name
+sealed only (``bridge.store.sealing``); callers always pass and get plain values.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.domain import AppointmentEvent, AppointmentInfo, PatientInfo
 from bridge.ports import Clock
 from bridge.store.database import Database
+from bridge.store.sealing import PLAIN, DataCipher
 from bridge.store.tables import appointment
 
 
@@ -37,11 +40,18 @@ class AppointmentRecord:
 
 
 class AppointmentStore:
-    """Upsert and look up appointments."""
+    """Upsert and look up appointments.
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    Args:
+        db: the database.
+        clock: gives ``updated_at``.
+        cipher: seals the phone and name when a data key is configured.
+    """
+
+    def __init__(self, db: Database, clock: Clock, cipher: DataCipher = PLAIN) -> None:
         self._db = db
         self._clock = clock
+        self._cipher = cipher
 
     async def upsert(
         self, subject_key: str, evt: AppointmentEvent
@@ -67,9 +77,8 @@ class AppointmentStore:
             "start_at": info.start,
             "end_at": info.end,
             "patient_id": patient.id,
-            "address": address,
+            **self._patient_columns(address, given_name),
             "language": language,
-            "given_name": given_name,
             "location": info.location,
             "practitioner": info.practitioner,
             "service": info.service,
@@ -102,7 +111,7 @@ class AppointmentStore:
         """The record, or None."""
         async with self._db.lookup() as conn:
             row = (await conn.execute(_BY_SUBJECT, {"subject_key": subject_key})).one_or_none()
-        return _record(row) if row is not None else None
+        return _record(row, self._cipher) if row is not None else None
 
     async def upcoming_for(self, address: str, now: datetime) -> list[AppointmentRecord]:
         """Booked appointments of the patient at ``address`` that have not started yet."""
@@ -111,17 +120,52 @@ class AppointmentStore:
                 await conn.execute(
                     select(appointment)
                     .where(
-                        appointment.c.address == address,
+                        appointment.c.address == self._cipher.lookup(address),
                         appointment.c.start_at > now,
                         appointment.c.status == "booked",
                     )
                     .order_by(appointment.c.start_at)
                 )
             ).all()
-        return [_record(r) for r in rows]
+        return [_record(r, self._cipher) for r in rows]
+
+    async def update_patient(self, connector: str, patient: PatientInfo) -> None:
+        """Refresh phone, language, name and privacy on every appointment of ``patient``.
+
+        Fields the update leaves empty keep their stored value, except the phone when the EHR
+        explicitly cleared it.
+        """
+        values: dict[str, Any] = {
+            "contact_allowed": patient.contact_allowed,
+            "contact_block_reason": patient.contact_block_reason,
+            "updated_at": self._clock.now(),
+        }
+        if patient.phone or patient.phone_cleared:
+            values["address"] = self._cipher.lookup_optional(patient.phone)
+            values["address_sealed"] = self._cipher.seal_text(patient.phone)
+        if patient.language:
+            values["language"] = patient.language
+        if patient.given_name:
+            values["given_name"] = self._cipher.clear(patient.given_name)
+            values["given_name_sealed"] = self._cipher.seal_text(patient.given_name)
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(appointment)
+                .where(appointment.c.patient_id == patient.id, appointment.c.connector == connector)
+                .values(**values)
+            )
+
+    def _patient_columns(self, address: str | None, given_name: str | None) -> dict[str, Any]:
+        """The stored form of the phone and the name: plain, or hashed and sealed."""
+        return {
+            "address": self._cipher.lookup_optional(address),
+            "address_sealed": self._cipher.seal_text(address),
+            "given_name": self._cipher.clear(given_name),
+            "given_name_sealed": self._cipher.seal_text(given_name),
+        }
 
 
-def _record(r: Row[Any]) -> AppointmentRecord:
+def _record(r: Row[Any], cipher: DataCipher) -> AppointmentRecord:
     info = AppointmentInfo(
         id=r.appointment_id,
         status=r.status,
@@ -136,9 +180,9 @@ def _record(r: Row[Any]) -> AppointmentRecord:
     )
     patient = PatientInfo(
         id=r.patient_id,
-        phone=r.address,
+        phone=cipher.reveal(r.address, r.address_sealed),
         language=r.language,
-        given_name=r.given_name,
+        given_name=cipher.reveal(r.given_name, r.given_name_sealed),
         contact_allowed=r.contact_allowed,
         contact_block_reason=r.contact_block_reason,
     )

@@ -2,7 +2,8 @@
 
 The latest row for an address wins. Opt-out keywords, operator commands and EHR flags all append
 here, with where the evidence came from (source, channel, an id pointing at it), so the EHR team
-can be given the whole history (``bridge consent export``).
+can be given the whole history (``bridge consent export``). With a data key the ledger finds
+an address by its lookup hash and keeps the address itself sealed (``bridge.store.sealing``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import bindparam, insert, select
 
 from bridge.ports import Clock
 from bridge.store.database import Database
+from bridge.store.sealing import PLAIN, DataCipher
 from bridge.store.tables import consent
 
 
@@ -33,11 +35,18 @@ class ConsentEntry:
 
 
 class ConsentLedger:
-    """Record and read consent."""
+    """Record and read consent.
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    Args:
+        db: the database.
+        clock: gives ``recorded_at``.
+        cipher: hashes and seals addresses when a data key is configured.
+    """
+
+    def __init__(self, db: Database, clock: Clock, cipher: DataCipher = PLAIN) -> None:
         self._db = db
         self._clock = clock
+        self._cipher = cipher
 
     async def record(
         self,
@@ -58,7 +67,8 @@ class ConsentLedger:
         async with self._db.write() as conn:
             await conn.execute(
                 insert(consent).values(
-                    address=address,
+                    address=self._cipher.lookup(address),
+                    address_sealed=self._cipher.seal_text(address),
                     action=action,
                     source=source,
                     channel=channel,
@@ -69,7 +79,7 @@ class ConsentLedger:
 
     async def opted_out(self, address: str) -> bool:
         """True when the latest entry for ``address`` is an opt-out."""
-        rows = await self._db.fetch_plain(_LATEST, {"address": address})
+        rows = await self._db.fetch_plain(_LATEST, {"address": self._cipher.lookup(address)})
         return bool(rows) and rows[0][0] == "opt_out"
 
     async def export(self) -> AsyncIterator[ConsentEntry]:
@@ -77,8 +87,9 @@ class ConsentLedger:
         async with self._db.read() as conn:
             result = await conn.stream(select(consent).order_by(consent.c.id))
             async for r in result:
+                address = self._cipher.reveal(r.address, r.address_sealed) or "?"
                 yield ConsentEntry(
-                    r.address, r.action, r.source, r.channel, r.evidence, r.recorded_at
+                    address, r.action, r.source, r.channel, r.evidence, r.recorded_at
                 )
 
 

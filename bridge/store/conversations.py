@@ -1,4 +1,8 @@
-"""Conversations: per WhatsApp address, the 24-hour window and whether a person has taken over."""
+"""Conversations: per WhatsApp address, the 24-hour window and whether a person has taken over.
+
+With a data key the ``address`` column holds the address's lookup hash and ``address_sealed``
+the address itself (``bridge.store.sealing``); callers pass and get plain addresses.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ __all__ = ["Conversation", "Conversations"]
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.ports import Clock
 from bridge.store.database import Database
+from bridge.store.sealing import PLAIN, DataCipher
 from bridge.store.tables import conversation
 
 
@@ -28,36 +34,46 @@ class Conversation:
 
 
 class Conversations:
-    """Read and change conversation state."""
+    """Read and change conversation state.
 
-    def __init__(self, db: Database, clock: Clock, channel: str = "whatsapp") -> None:
+    Args:
+        db: the database.
+        clock: gives ``updated_at``.
+        channel: the channel the addresses belong to.
+        cipher: hashes and seals addresses when a data key is configured.
+    """
+
+    def __init__(
+        self, db: Database, clock: Clock, channel: str = "whatsapp", cipher: DataCipher = PLAIN
+    ) -> None:
         self._db = db
         self._clock = clock
         self._channel = channel
+        self._cipher = cipher
 
     async def get(self, address: str) -> Conversation | None:
         """The conversation with ``address``, or None when the patient never wrote."""
         async with self._db.lookup() as conn:
             row = (
-                await conn.execute(_BY_ADDRESS, {"channel": self._channel, "address": address})
+                await conn.execute(
+                    _BY_ADDRESS,
+                    {"channel": self._channel, "address": self._cipher.lookup(address)},
+                )
             ).one_or_none()
         if row is None:
             return None
-        return Conversation(
-            row.address,
-            row.mode,
-            row.last_inbound_at,
-            row.unknown_replies,
-            row.handoff_reason,
-            row.updated_at,
-        )
+        return _conversation(row, address)
 
     async def _upsert(self, address: str, values: dict[str, object]) -> None:
         insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
         now = self._clock.now()
         initial: dict[str, object] = {"mode": "bot", "unknown_replies": 0, **values}
         stmt = insert(conversation).values(
-            channel=self._channel, address=address, updated_at=now, **initial
+            channel=self._channel,
+            address=self._cipher.lookup(address),
+            address_sealed=self._cipher.seal_text(address),
+            updated_at=now,
+            **initial,
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=["channel", "address"], set_={**values, "updated_at": now}
@@ -75,6 +91,7 @@ class Conversations:
 
     async def count_unknown(self, address: str) -> int:
         """One more reply the bot did not understand; returns the new count."""
+        address = self._cipher.lookup(address)
         async with self._db.write() as conn:
             await conn.execute(
                 update(conversation)
@@ -94,6 +111,7 @@ class Conversations:
 
     async def reset_unknown(self, address: str) -> None:
         """The patient said something we understood."""
+        address = self._cipher.lookup(address)
         async with self._db.write() as conn:
             await conn.execute(
                 update(conversation)
@@ -112,16 +130,19 @@ class Conversations:
                 )
             ).all()
         return [
-            Conversation(
-                r.address,
-                r.mode,
-                r.last_inbound_at,
-                r.unknown_replies,
-                r.handoff_reason,
-                r.updated_at,
-            )
-            for r in rows
+            _conversation(r, self._cipher.reveal(r.address, r.address_sealed) or "?") for r in rows
         ]
+
+
+def _conversation(row: Row[Any], address: str) -> Conversation:
+    return Conversation(
+        address,
+        row.mode,
+        row.last_inbound_at,
+        row.unknown_replies,
+        row.handoff_reason,
+        row.updated_at,
+    )
 
 
 #: Built once (the relay asks for rows outside templates).

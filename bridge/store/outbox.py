@@ -9,6 +9,10 @@ the rows are due again and another relay takes them.
 
 ``attempts`` is counted when a row is acquired, not when it is released, so a message that
 crashes the relay every time still reaches its dead-letter state.
+
+With a data key, ``payload`` (which carries the patient's phone and name) is sealed whole and
+``recipient_key`` holds the phone's lookup hash (``bridge.store.sealing``); rows are handed to
+the relay unsealed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bridge.errors import NotFound
 from bridge.ports import AcquiredRow, Clock, OutboxRow, ReleaseResult
 from bridge.store.database import Database
+from bridge.store.sealing import PLAIN, DataCipher, SealedDataError
 from bridge.store.tables import outbox
 
 
@@ -51,11 +56,13 @@ class SqlOutbox:
     Args:
         db: the database.
         clock: timestamps for ``created_at``/``updated_at``.
+        cipher: seals payloads and hashes recipients when a data key is configured.
     """
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, cipher: DataCipher = PLAIN) -> None:
         self._db = db
         self._clock = clock
+        self._cipher = cipher
 
     async def enqueue(self, rows: Sequence[OutboxRow], *, revive: bool = False) -> list[int]:
         """Insert rows; an existing idempotency key keeps its row. Returns ids in order.
@@ -69,14 +76,15 @@ class SqlOutbox:
         if not rows:
             return []
         now = self._clock.now()
+        cipher = self._cipher
         values = [
             {
                 "kind": r.kind,
                 "channel": r.channel,
                 "idempotency_key": r.idempotency_key,
-                "subject_key": r.subject_key,
-                "recipient_key": r.recipient_key,
-                "payload": dict(r.payload),
+                "subject_key": cipher.subject(r.subject_key),
+                "recipient_key": cipher.lookup_optional(r.recipient_key),
+                "payload": cipher.seal_json(dict(r.payload)),
                 "due_at": r.due_at,
                 "next_attempt_at": r.due_at,
                 "state": "pending",
@@ -139,7 +147,7 @@ class SqlOutbox:
                 id=r.id,
                 kind=r.kind,
                 channel=r.channel,
-                payload=r.payload,
+                payload=self._open(r.payload),
                 attempts=r.attempts,
                 due_at=r.due_at,
                 lease_expires_at=expires,
@@ -150,6 +158,14 @@ class SqlOutbox:
         ]
         acquired.sort(key=lambda a: (a.due_at, a.id))
         return acquired
+
+    def _open(self, payload: Any) -> Any:
+        """The row's payload unsealed; an empty one when it cannot be opened (changed in the
+        database), so the relay fails that row as unreadable instead of stalling on it."""
+        try:
+            return self._cipher.open_json(payload)
+        except SealedDataError:
+            return {}
 
     async def release(self, relay_id: str, results: Sequence[ReleaseResult]) -> None:
         """Record outcomes for rows this relay still holds; others are left alone."""

@@ -17,6 +17,11 @@ Tables and why they exist:
 - ``kv``: small named values (poll cursors, template sync time).
 - ``appointment``: the latest known state of each appointment and how to reach its patient, so
   re-planning, replies and send-time checks read one row instead of replaying events.
+
+With a data key (``BRIDGE_DATA_KEY``, see ``bridge.store.sealing``) patient phones and names are
+kept only sealed: lookup columns (``address``, ``recipient_key``, ``address:`` subjects) hold a
+keyed hash, ``*_sealed`` companions hold the value, and payloads (``inbox``, ``event``,
+``outbox``) are sealed whole.
 """
 
 from __future__ import annotations
@@ -178,8 +183,11 @@ conversation = Table(
     metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("channel", String(32), nullable=False),
-    #: E.164 phone, or WhatsApp's business-scoped user id when the phone is hidden
+    #: E.164 phone, or WhatsApp's business-scoped user id when the phone is hidden; with a
+    #: data key, its lookup hash (``bridge.store.sealing``)
     Column("address", String(200), nullable=False),
+    #: with a data key: the address, sealed (NULL without a key)
+    Column("address_sealed", LargeBinary, nullable=True),
     Column("patient_key", String(300), nullable=True),
     Column("last_inbound_at", _Time, nullable=True),
     #: bot | handoff
@@ -194,7 +202,10 @@ consent = Table(
     "consent",
     metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
+    #: the WhatsApp address; with a data key, its lookup hash
     Column("address", String(200), nullable=False),
+    #: with a data key: the address, sealed (NULL without a key)
+    Column("address_sealed", LargeBinary, nullable=True),
     #: opt_in | opt_out
     Column("action", String(12), nullable=False),
     #: where the evidence comes from: ehr, whatsapp, operator, import
@@ -240,11 +251,15 @@ appointment = Table(
     Column("start_at", _Time, nullable=True),
     Column("end_at", _Time, nullable=True),
     Column("patient_id", String(200), nullable=False),
-    #: E.164 phone the patient is reached on (PHI)
+    #: E.164 phone the patient is reached on (PHI); with a data key, its lookup hash
     Column("address", String(200), nullable=True),
+    #: with a data key: the phone, sealed (NULL without a key)
+    Column("address_sealed", LargeBinary, nullable=True),
     Column("language", String(12), nullable=True),
-    #: PHI, used only to render a template's first-name parameter
+    #: PHI, used only to render a template's first-name parameter; NULL with a data key
     Column("given_name", String(200), nullable=True),
+    #: with a data key: the given name, sealed
+    Column("given_name_sealed", LargeBinary, nullable=True),
     Column("location", String(300), nullable=True),
     Column("practitioner", String(300), nullable=True),
     Column("service", String(300), nullable=True),
