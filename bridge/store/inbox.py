@@ -50,8 +50,14 @@ MAX_BATCH = 512
 
 
 def dedupe_key(message: InboundMessage) -> str:
-    """``connector|sender|source_id``, trimmed: the identity half of the dedupe key."""
-    return f"{message.connector}|{message.sender.strip()}|{message.source_id.strip()}"
+    """``connector|sender|source_id``, trimmed: the identity half of the dedupe key.
+
+    Sender and source id are cut to 200 characters each, as their own columns are, so the key
+    always fits its 450-character column and the duplicate lookup compares exactly what was
+    stored (a longer key cut only on insert would never be found again).
+    """
+    sender, source_id = message.sender.strip()[:200], message.source_id.strip()[:200]
+    return f"{message.connector[:32]}|{sender}|{source_id}"
 
 
 def subject_key(evt: Event) -> str | None:
@@ -204,7 +210,7 @@ class InboxWriter:
                     "connector": message.connector,
                     "sender": message.sender[:200],
                     "source_id": message.source_id[:200],
-                    "dedupe_key": key[:450],
+                    "dedupe_key": key,
                     "payload_hash": digest,
                     "payload": self._cipher.seal(message.payload),
                     "content_type": message.content_type,

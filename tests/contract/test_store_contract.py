@@ -68,6 +68,16 @@ class TestInbox:
         assert await count(db, inbox) == 1
         assert await count(db, event) == 1
 
+    async def test_a_duplicate_with_an_overlong_control_id_is_still_recognised(self, db):
+        long_id = "M" * 600  # longer than the stored key: the lookup must use the stored form
+        async with AsyncExitStack() as stack:
+            writer = InboxWriter(db, FixedClock(NOW))
+            await writer.start(stack)
+            first = await writer.ingest(message(long_id, b"MSH|1"))
+            again = await writer.ingest(message(long_id, b"MSH|1"))
+        assert (first, again) == (IngestOutcome.ACCEPTED, IngestOutcome.DUPLICATE)
+        assert await count(db, inbox) == 1
+
     async def test_same_id_with_other_payload_is_a_conflict_kept_and_processed(self, db):
         async with AsyncExitStack() as stack:
             writer = InboxWriter(db, FixedClock(NOW))
