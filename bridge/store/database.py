@@ -10,7 +10,9 @@ the event loop's thread: a statement on a local WAL file takes microseconds, whi
 to aiosqlite's thread cost more than the SQL (and fought the ingest thread for the GIL). Only the
 steps that can wait (``BEGIN IMMEDIATE`` behind another process, ``COMMIT`` with its fsync or
 checkpoint) go to a worker thread. :meth:`Database.unit_of_work` lets one caller (the event
-processor) share one such transaction across many store calls.
+processor) share one such transaction across many store calls. The inbox's group commit, which
+every acknowledgement waits for, has a connection of its own at ``synchronous=FULL``
+(:meth:`Database.sqlite_urgent_batch`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = ["STORE_ERRORS", "Database", "UnitOfWork"]
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +30,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -35,10 +38,6 @@ from bridge.config import normalise_database_url, redact_url
 from bridge.errors import StoreUnavailable
 
 T = TypeVar("T")
-
-class _WriterBusy(Exception):
-    """Another process holds the SQLite write lock right now."""
-
 
 #: How long a SQLite writer waits for another process's write lock before giving up.
 _SQLITE_BUSY_MS = 30000
@@ -136,6 +135,7 @@ class Database:
             kwargs.update(connect_args={"timeout": 30})
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._sync_engine: Engine | None = None
+        self._urgent: sqlite3.Connection | None = None
         self._reader: Engine | None = None
         self._reader_busy = False
         self._urgent_at = -1e9
@@ -279,10 +279,77 @@ class Database:
             async with self.write(urgent=urgent) as conn:
                 return await conn.run_sync(work)
         async with self._write_lock.hold(urgent=urgent), self._translate_errors():
-            if urgent:
-                with contextlib.suppress(_WriterBusy):
-                    return self._inline_urgent_transaction(work)
             return await _in_thread(self._sync_transaction, work, urgent)
+
+    async def sqlite_urgent_batch(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one ``synchronous=FULL`` transaction on the urgent SQLite connection.
+
+        The inbox's group commit on SQLite: its own plain ``sqlite3`` connection, kept at
+        ``FULL`` (no pragma flipping) and without SQLAlchemy, whose pool checkout, events and
+        transaction objects cost more per batch than the batch's SQL — with one sequential
+        sender every message is a batch. The batch runs on the loop thread when the write lock
+        is free right now (``BEGIN IMMEDIATE`` without any busy wait: the statements take
+        microseconds and the senders wait for the commit's fsync anyway); when another process
+        holds the lock (``bridge outbox retry``) it waits in a worker thread instead, so the
+        loop never does.
+
+        Raises:
+            StoreUnavailable: the file cannot be written or stays locked too long.
+        """
+        assert self._write_lock is not None  # noqa: S101 - SQLite only
+        self._urgent_at = time.monotonic()
+        async with self._write_lock.hold(urgent=True), self._translate_errors():
+            conn = self._urgent_connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction or "locked" not in str(exc):
+                    raise StoreUnavailable(self.redacted_url, "sqlite: " + str(exc)) from exc
+                return await _in_thread(self._urgent_after_wait, conn, work)
+            return self._run_and_commit(conn, work)
+
+    def _urgent_after_wait(
+        self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """(worker thread) Wait for the write lock as long as any writer would, then run."""
+        conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(self.redacted_url, "sqlite: " + str(exc)) from exc
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
+        return self._run_and_commit(conn, work)
+
+    def _run_and_commit(
+        self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(self.redacted_url, "sqlite: " + str(exc)) from exc
+            raise
+        return result
+
+    def _urgent_connection(self) -> sqlite3.Connection:
+        if self._urgent is None:
+            conn = sqlite3.connect(
+                self._sqlite_path(), isolation_level=None, check_same_thread=False, timeout=0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._urgent_sync}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._urgent = conn
+        return self._urgent
+
+    @property
+    def sqlite_dialect(self) -> Dialect:
+        """The SQLite dialect, whose bind processors raw statements reuse."""
+        return self._sync_sqlite_engine().dialect
 
     def urgent_within(self, seconds: float) -> bool:
         """True when an urgent batch (the inbox's ACK path) was written in the last ``seconds``.
@@ -302,38 +369,17 @@ class Database:
             with conn.begin():
                 return work(conn)
 
-    def _inline_urgent_transaction(self, work: Callable[[Connection], T]) -> T:
-        """The urgent batch on the loop thread when the SQLite write lock is free right now.
-
-        A thread round trip costs more than the batch's statements; what remains is the
-        commit's fsync, which the senders wait for anyway. ``BEGIN IMMEDIATE`` is tried with
-        no busy timeout, so the loop never waits on another process (``bridge outbox retry``
-        holding the lock): then :class:`_WriterBusy` and the caller takes the worker thread,
-        which may wait. Once the lock is held nothing else can block the commit.
-        """
-        engine = self._sync_sqlite_engine()
-        with engine.connect() as conn:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None  # noqa: S101 - a live pooled sqlite3 connection
-            raw.execute(f"PRAGMA synchronous={self._urgent_sync}")  # outside any transaction
-            raw.execute("PRAGMA busy_timeout=0")
-            try:
-                transaction = conn.begin()
-            except OperationalError as exc:
-                raise _WriterBusy from exc
-            finally:
-                raw.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-            with transaction:
-                return work(conn)
-
     def _sync_sqlite_engine(self) -> Engine:
         if self._sync_engine is None:
             self._sync_engine = self._sqlite_engine(begin="IMMEDIATE")
         return self._sync_engine
 
+    def _sqlite_path(self) -> str:
+        return self.url.split(":///", 1)[1].split("?", 1)[0]
+
     def _sqlite_engine(self, *, begin: str) -> Engine:
         """A plain (pysqlite) engine on the same file, one connection, ``BEGIN <begin>``."""
-        path = self.url.split(":///", 1)[1]
+        path = self._sqlite_path()
         engine = create_engine(
             f"sqlite:///{path}",
             pool_size=1,
@@ -476,6 +522,9 @@ class Database:
         for engine in (self._sync_engine, self._reader):
             if engine is not None:
                 engine.dispose()
+        if self._urgent is not None:
+            self._urgent.close()
+            self._urgent = None
 
 
 class UnitOfWork:

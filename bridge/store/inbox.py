@@ -19,14 +19,26 @@ from __future__ import annotations
 __all__ = ["InboxWriter", "dedupe_key", "subject_key"]
 
 import asyncio
+import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Connection, String, bindparam, exists, insert, literal, select
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Dialect,
+    String,
+    Table,
+    bindparam,
+    exists,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bridge.domain import (
@@ -91,6 +103,10 @@ class InboxWriter:
             data key is configured (microseconds per message, no extra round trip).
     """
 
+    #: SQLite batches go straight to ``sqlite3`` (:class:`_RawSqlite`); False takes the
+    #: SQLAlchemy statements instead (a test compares what the two store).
+    raw_sqlite: ClassVar[bool] = True
+
     def __init__(self, db: Database, clock: Clock, cipher: DataCipher = PLAIN) -> None:
         self._db = db
         self._clock = clock
@@ -142,9 +158,15 @@ class InboxWriter:
         try:
             messages = [p.message for p in batch]
             now = self._clock.now()
-            outcomes = await self._db.write_batch(
-                lambda conn: self._store(conn, messages, now), urgent=True
-            )
+            if self._db.is_sqlite and self.raw_sqlite:
+                dialect = self._db.sqlite_dialect
+                outcomes = await self._db.sqlite_urgent_batch(
+                    lambda raw: self._store(_RawSqlite(raw, dialect), messages, now)
+                )
+            else:
+                outcomes = await self._db.write_batch(
+                    lambda conn: self._store(_Statements(conn), messages, now), urgent=True
+                )
         except StoreUnavailable as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -164,25 +186,15 @@ class InboxWriter:
                 pending.future.set_result(outcome)
 
     def _store(
-        self, conn: Connection, messages: Sequence[InboundMessage], now: datetime
+        self, sql: _RawSqlite | _Statements, messages: Sequence[InboundMessage], now: datetime
     ) -> list[IngestOutcome]:
-        """One batch in one transaction (runs in the database's worker thread on SQLite)."""
-        raw = _RawSqlite.of(conn)
+        """One batch, inside the transaction the database opened for it."""
         keys = [dedupe_key(m) for m in messages]
         hashes = [m.payload_hash for m in messages]
         known: dict[str, set[str]] = {}
         unique_keys = sorted(set(keys))
         for start in range(0, len(unique_keys), 400):  # stay under bind-parameter limits
-            chunk = unique_keys[start : start + 400]
-            if raw is not None:
-                rows: Any = raw.known(chunk)
-            else:
-                rows = conn.execute(
-                    select(inbox.c.dedupe_key, inbox.c.payload_hash).where(
-                        inbox.c.dedupe_key.in_(chunk)
-                    )
-                )
-            for key, digest in rows:
+            for key, digest in sql.known(unique_keys[start : start + 400]):
                 known.setdefault(key, set()).add(digest)
 
         outcomes: list[IngestOutcome] = []
@@ -234,20 +246,32 @@ class InboxWriter:
                     )
             outcomes.append(outcome)
 
-        if raw is not None:
-            raw.insert(inbox_rows, event_rows)
-            return outcomes
-        if inbox_rows:
-            conn.execute(self._insert_inbox(), inbox_rows)
-        if event_rows:
-            conn.execute(_INSERT_EVENTS, event_rows)
+        sql.insert(inbox_rows, event_rows)
         return outcomes
 
-    def _insert_inbox(self) -> Any:
-        dialect_insert = sqlite.insert if self._db.is_sqlite else postgresql.insert
-        return dialect_insert(inbox).on_conflict_do_nothing(
-            index_elements=["dedupe_key", "payload_hash"]
+
+class _Statements:
+    """The inbox's statements through SQLAlchemy (PostgreSQL; SQLite when raw is turned off)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def known(self, keys: list[str]) -> Any:
+        """``(dedupe_key, payload_hash)`` of stored rows with one of ``keys``."""
+        return self._conn.execute(
+            select(inbox.c.dedupe_key, inbox.c.payload_hash).where(inbox.c.dedupe_key.in_(keys))
         )
+
+    def insert(self, inbox_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+        """Insert the batch's inbox rows, then its events."""
+        if inbox_rows:
+            insert_of = sqlite.insert if self._conn.dialect.name == "sqlite" else postgresql.insert
+            statement = insert_of(inbox).on_conflict_do_nothing(
+                index_elements=["dedupe_key", "payload_hash"]
+            )
+            self._conn.execute(statement, inbox_rows)
+        if event_rows:
+            self._conn.execute(_INSERT_EVENTS, event_rows)
 
 
 #: Events are inserted only where their inbox row exists, so an inbox row skipped by
@@ -302,28 +326,22 @@ class _RawSqlite:
         "WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.id = ?)"
     )
 
-    #: bind processors per dialect (one dialect per engine, so this stays tiny)
-    _processors: dict[int, tuple[Any, list[Any], list[Any]]] = {}
+    #: per dialect: the columns whose values need a bind processor, with it (one dialect per
+    #: engine, so this stays tiny)
+    _processors: dict[int, tuple[Any, _Processors, _Processors]] = {}
 
-    def __init__(self, driver: Any, dialect: Any) -> None:
+    def __init__(self, driver: sqlite3.Connection, dialect: Dialect) -> None:
         self._driver = driver
         cached = self._processors.get(id(dialect))
         if cached is None or cached[0] is not dialect:
             # dialect_impl: the SQLite DATETIME processor, as SQLAlchemy's own execution uses
             cached = (
                 dialect,
-                [_processor(inbox.c[n].type, dialect) for n in self._INBOX_COLUMNS],
-                [_processor(event.c[n].type, dialect) for n in self._EVENT_COLUMNS],
+                _processors_of(inbox, self._INBOX_COLUMNS, dialect),
+                _processors_of(event, self._EVENT_COLUMNS, dialect),
             )
             self._processors[id(dialect)] = cached
         _, self._inbox, self._event = cached
-
-    @classmethod
-    def of(cls, conn: Connection) -> _RawSqlite | None:
-        """The raw path for ``conn``, or None when it is not SQLite."""
-        if conn.dialect.name != "sqlite":
-            return None
-        return cls(conn.connection.dbapi_connection, conn.dialect)
 
     def known(self, keys: list[str]) -> list[tuple[str, str]]:
         """``(dedupe_key, payload_hash)`` of stored rows with one of ``keys``."""
@@ -343,21 +361,29 @@ class _RawSqlite:
             self._driver.executemany(
                 self._INSERT_EVENTS,
                 [
-                    (*self._values(r, self._EVENT_COLUMNS, self._event), r["inbox_id"])
+                    [*self._values(r, self._EVENT_COLUMNS, self._event), r["inbox_id"]]
                     for r in event_rows
                 ],
             )
 
     @staticmethod
-    def _values(
-        row: dict[str, Any], names: tuple[str, ...], processors: list[Any]
-    ) -> tuple[Any, ...]:
-        return tuple(
-            value if process is None else process(value)
-            for value, process in zip((row[n] for n in names), processors, strict=True)
-        )
+    def _values(row: dict[str, Any], names: tuple[str, ...], processors: _Processors) -> list[Any]:
+        values = [row[n] for n in names]
+        for at, process in processors:
+            values[at] = process(values[at])
+        return values
 
 
-def _processor(type_: Any, dialect: Any) -> Any:
-    """The bind processor SQLAlchemy applies to a column of ``type_`` on ``dialect``."""
-    return type_.dialect_impl(dialect).bind_processor(dialect)
+#: (position, bind processor) of the columns that have one
+_Processors = tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
+def _processors_of(table: Table, names: tuple[str, ...], dialect: Dialect) -> _Processors:
+    """The bind processors SQLAlchemy applies to ``names`` of ``table`` on ``dialect``."""
+    found = []
+    for at, name in enumerate(names):
+        type_ = table.c[name].type
+        process = type_.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            found.append((at, process))
+    return tuple(found)

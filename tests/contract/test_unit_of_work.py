@@ -252,7 +252,7 @@ class TestRawInbox:
         ids = iter(range(10_000))
         monkeypatch.setattr(uuid, "uuid4", lambda: _Hex(next(ids)))  # the same row ids twice
         raw = await store(raw_db, batch)
-        monkeypatch.setattr(inbox_module._RawSqlite, "of", classmethod(lambda cls, conn: None))
+        monkeypatch.setattr(inbox_module.InboxWriter, "raw_sqlite", False)
         ids = iter(range(10_000))
         plain = await store(plain_db, batch)
         for db in (raw_db, plain_db):
