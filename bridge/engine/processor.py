@@ -85,9 +85,10 @@ class EventProcessor:
         idle_seconds: wait after a tick that found nothing.
         gather_seconds: wait after a short batch, so the next tick finds more than one event.
         busy_batch: events per tick while the inbox is committing (senders wait for ACKs).
-        busy_pause_seconds: wait between such ticks; the loop and the writer go to ingest
-            (25 events per 0.2 s: a flood from the HIS is acknowledged first, its events are
-            durable and processed at full speed as soon as it ebbs).
+        busy_pause_seconds: wait between such ticks; the loop and the writer go to ingest.
+            Short, because a busy inbox is not only a flood from the HIS: status webhooks
+            during a campaign keep it busy for as long as the campaign, and their events
+            must keep being processed.
         shared_types: event types whose handlers only use the store; they share one unit of
             work per batch. Others (a reply may ask the EHR for free slots over HTTP) run
             outside any unit, so the SQLite writer is never held across a network call.
@@ -106,7 +107,7 @@ class EventProcessor:
         idle_seconds: float = 0.1,
         gather_seconds: float = 0.02,
         busy_batch: int = 25,
-        busy_pause_seconds: float = 0.2,
+        busy_pause_seconds: float = 0.05,
         shared_types: Collection[str] = STORE_ONLY_TYPES,
         cipher: DataCipher = PLAIN,
     ) -> None:
